@@ -1,0 +1,1 @@
+"""sendbeat web: the Flask app factory and its CLI (filled in below)."""

@@ -1,0 +1,1 @@
+"""The two HTTP dialects: messaging (PostageApp) and schedules (Omni)."""

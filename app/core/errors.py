@@ -1,0 +1,65 @@
+"""The domain's exceptions. Each HTTP dialect renders them in its own envelope; each
+class's docstring says when it is raised."""
+
+
+class SendbeatError(Exception):
+    """Base of every error sendbeat raises on purpose."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors if errors is not None else [message]
+
+
+class ValidationError(SendbeatError):
+    """Raised when a request's content is wrong: a missing or malformed field."""
+
+
+class InvalidSchedule(ValidationError):
+    """Raised when a schedule string does not parse, names an unknown timezone,
+    or is a one-time date that lies in the past."""
+
+
+class InvalidMessage(ValidationError):
+    """Raised when send_message arguments are malformed: bad addresses, a header
+    with CR/LF, undecodable attachment content."""
+
+
+class UidTaken(ValidationError):
+    """Raised when an event or message uid is already used in the project
+    (or twice in one batch)."""
+
+    def __init__(self, uid: str, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message, errors)
+        self.uid = uid
+
+
+class Unauthorized(SendbeatError):
+    """Raised when a request carries no API key, or one that is unknown or revoked."""
+
+
+class NotFound(SendbeatError):
+    """Raised when an event is missing, or belongs to another project (never a 403)."""
+
+
+class Conflict(SendbeatError):
+    """Raised when a manual trigger finds an occurrence of the same event still
+    queued or running and the event's overlap policy is ``skip``."""
+
+
+class DispatchError(SendbeatError):
+    """Raised when the broker cannot take a task; nothing is left claiming it is queued."""
+
+
+class DeliveryError(SendbeatError):
+    """Base of failures while delivering a message."""
+
+
+class TransientDeliveryError(DeliveryError):
+    """Raised for failures worth retrying: connection errors, timeouts, SMTP 4xx,
+    remote-content 5xx."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Raised for failures that retrying cannot fix: SMTP 5xx, invalid addresses,
+    undecodable or refused remote content."""
