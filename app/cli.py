@@ -1,0 +1,69 @@
+"""Operator commands: ``flask --app app project create|list|rotate-key|revoke-key``."""
+
+from __future__ import annotations
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from app.core.clock import from_timestamp, isoformat, now
+from app.core.errors import NotFound, UidTaken
+from app.core.store import Store
+
+project_cli = AppGroup("project", help="Manage projects and their API keys.")
+
+
+def _store() -> Store:
+    return current_app.extensions["sendbeat"].store  # type: ignore[no-any-return]
+
+
+def _stamp() -> int:
+    return int(now().timestamp())
+
+
+@project_cli.command("create")
+@click.argument("name")
+def create(name: str) -> None:
+    """Create a project; its API key is printed alone on the last line, once."""
+    try:
+        project, key = _store().create_project(name, _stamp())
+    except UidTaken as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"Created project {project.name} (id {project.id}).")
+    click.echo("Its API key follows; it is shown only this once:")
+    click.echo(key)
+
+
+@project_cli.command("list")
+def list_projects() -> None:
+    """List projects with the prefixes of their live keys."""
+    projects = _store().list_projects()
+    if not projects:
+        click.echo("No projects yet: flask --app app project create NAME")
+    for project in projects:
+        created = isoformat(from_timestamp(project.created_at))
+        keys = ", ".join(project.key_prefixes) or "no live keys"
+        click.echo(f"{project.name}\t{project.id}\tcreated {created}\tkeys: {keys}")
+
+
+@project_cli.command("rotate-key")
+@click.argument("name")
+def rotate_key(name: str) -> None:
+    """Issue a new key for NAME and revoke its old ones; the key is on the last line."""
+    try:
+        key = _store().rotate_key(name, _stamp())
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"Rotated the key of {name}; earlier keys no longer work. New key:")
+    click.echo(key)
+
+
+@project_cli.command("revoke-key")
+@click.argument("key_prefix")
+def revoke_key(key_prefix: str) -> None:
+    """Revoke the one live key that starts with KEY_PREFIX."""
+    try:
+        project = _store().revoke_key(key_prefix)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"Revoked the key {key_prefix}… of project {project.name}.")

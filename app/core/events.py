@@ -1,0 +1,227 @@
+"""What API consumers and beat do to events: create, update, trigger, dispatch due ones.
+
+Each operation takes the store, the publisher and ``now`` as arguments, so views
+and the beat scheduler stay thin and tests pin the time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from app.core.clock import from_timestamp
+from app.core.errors import Conflict, DispatchError, InvalidSchedule, UidTaken, ValidationError
+from app.core.message import validate_arguments
+from app.core.publisher import Publisher
+from app.core.schedules import Schedule, parse_schedule
+from app.core.scripts import Claim
+from app.core.store import Event, Instance, InstanceStatus, Store
+
+# A beat that was down for long must not walk every lost occurrence of a fine-grained
+# schedule one by one; past this many it records the most recent ones and jumps ahead.
+MAX_MISSED_PER_CLAIM = 100
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """A create_scheduled_event request, parsed."""
+
+    schedule: str
+    metadata: dict[str, Any]
+    uid: str | None = None
+    timezone: str = "UTC"
+    catchup_window: int | None = None
+    overlap: str = "skip"
+    retries: int | None = None
+
+
+@dataclass(frozen=True)
+class Defaults:
+    catchup_window: int = 300
+    retries: int = 5
+
+
+@dataclass
+class Created:
+    events: list[Event]
+    schedules: list[Schedule] = field(default_factory=list)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def next_run(schedule: Schedule, now: datetime) -> int:
+    """The first run strictly after ``now``; a one-time date already past is a 400."""
+    at = schedule.next_after(now)
+    if at is None:
+        raise InvalidSchedule(f"The schedule {schedule.text!r} lies in the past.")
+    return epoch(at)
+
+
+def build_event(
+    spec: EventSpec, project_id: str, now: datetime, defaults: Defaults
+) -> tuple[Event, Schedule]:
+    """Validate one spec into an Event; raise ValidationError with field-named errors."""
+    errors: list[str] = []
+    schedule = None
+    try:
+        schedule = parse_schedule(spec.schedule, spec.timezone, now=now)
+        scheduled_at = next_run(schedule, now)
+    except InvalidSchedule as exc:
+        field_name = "timezone" if "timezone" in exc.message.lower() else "schedule"
+        errors.append(f"{field_name}: {exc.message}")
+    try:
+        validate_arguments(spec.metadata.get("arguments"), path="metadata.arguments")
+    except ValidationError as exc:
+        errors.extend(exc.errors)
+    if errors or schedule is None:
+        raise ValidationError(errors[0], errors)
+    stamp = epoch(now)
+    event = Event(
+        id=new_id(),
+        uid=spec.uid or new_id(),
+        project_id=project_id,
+        schedule=spec.schedule,
+        timezone=spec.timezone,
+        event_type=schedule.event_type,
+        metadata=spec.metadata,
+        created_at=stamp,
+        updated_at=stamp,
+        catchup_window=defaults.catchup_window
+        if spec.catchup_window is None
+        else spec.catchup_window,
+        overlap=spec.overlap,
+        retries=defaults.retries if spec.retries is None else spec.retries,
+        scheduled_at=scheduled_at,
+    )
+    return event, schedule
+
+
+def create_events(
+    store: Store,
+    project_id: str,
+    specs: list[EventSpec],
+    now: datetime,
+    defaults: Defaults,
+    *,
+    batch: bool = True,
+) -> Created:
+    """Validate every spec first, then store all of them or none."""
+    created = Created([])
+    errors: list[str] = []
+    seen: set[str] = set()
+    for index, spec in enumerate(specs):
+        where = f"events[{index}]." if batch else ""
+        if spec.uid is not None and spec.uid in seen:
+            raise UidTaken(spec.uid, "Could not create scheduled event.")
+        if spec.uid is not None:
+            seen.add(spec.uid)
+        try:
+            event, schedule = build_event(spec, project_id, now, defaults)
+        except ValidationError as exc:
+            errors.extend(where + e for e in exc.errors)
+            continue
+        created.events.append(event)
+        created.schedules.append(schedule)
+    if errors:
+        raise ValidationError("Could not create scheduled event.", errors)
+    try:
+        store.add_events(created.events)
+    except UidTaken as exc:
+        raise UidTaken(
+            exc.uid, "Could not create scheduled event.", ["[:uid, :project id] is already taken"]
+        ) from None
+    return created
+
+
+def trigger(store: Store, publisher: Publisher, event: Event, now: datetime) -> Instance:
+    """Run the event now as an extra, manual occurrence; its regular schedule stays."""
+    if event.overlap != "allow" and store.has_active(event.id):
+        raise Conflict("Another execution is in progress for this schedule")
+    stamp = epoch(now)
+    instance = Instance(
+        id=new_id(),
+        project_id=event.project_id,
+        event_id=event.id,
+        event_uid=event.uid,
+        trigger="manual",
+        status=InstanceStatus.QUEUED,
+        scheduled_for=stamp,
+        enqueued_at=stamp,
+    )
+    store.add_instance(instance)
+    try:
+        publisher.publish([instance.id])
+    except DispatchError:
+        store.discard_instance(instance)
+        raise
+    return instance
+
+
+def plan_claim(event: Event, now: int) -> Claim:
+    """Decide what to do with one due event: send its latest occurrence if it is within
+    the catch-up window, record the older ones as missed, and find the next run."""
+    assert event.scheduled_at is not None
+    occurrences = [event.scheduled_at]
+    next_at: int | None = None
+    if event.event_type == "repeatable":
+        schedule = parse_schedule(
+            event.schedule, event.timezone, now=from_timestamp(event.created_at)
+        )
+        next_at = _walk(schedule, occurrences, now)
+    latest = occurrences[-1]
+    on_time = now - latest <= event.catchup_window
+    missed = occurrences[:-1] if on_time else occurrences
+    return Claim(
+        event_id=event.id,
+        at=event.scheduled_at,
+        next_at=next_at,
+        send=(new_id(), latest) if on_time else None,
+        missed=tuple((new_id(), at) for at in missed[-MAX_MISSED_PER_CLAIM:]),
+    )
+
+
+def _walk(schedule: Schedule, occurrences: list[int], now: int) -> int | None:
+    """Append every further occurrence at or before ``now``; return the first after it."""
+    at = schedule.next_after(from_timestamp(occurrences[-1]))
+    while at is not None and epoch(at) <= now:
+        if len(occurrences) > MAX_MISSED_PER_CLAIM:
+            return _first_after(schedule, now)
+        occurrences.append(epoch(at))
+        at = schedule.next_after(at)
+    return None if at is None else epoch(at)
+
+
+def _first_after(schedule: Schedule, now: int) -> int | None:
+    at = schedule.next_after(from_timestamp(now))
+    return None if at is None else epoch(at)
+
+
+def dispatch_due(store: Store, publisher: Publisher, now: datetime, limit: int) -> int:
+    """Claim and publish every occurrence due at ``now`` (up to ``limit`` events);
+    return how many events were due."""
+    stamp = epoch(now)
+    events = store.due_events(stamp, limit)
+    if not events:
+        return 0
+    written = store.claim([plan_claim(e, stamp) for e in events], stamp)
+    queued = [iid for iid, status in written if status == InstanceStatus.QUEUED]
+    publisher.publish(queued)
+    store.published(queued)
+    return len(events)
+
+
+def republish_unconfirmed(store: Store, publisher: Publisher, now: datetime, age: int) -> int:
+    """Publish again what a beat claimed but did not confirm publishing (it died in
+    between). Workers start a record only once, so a second copy is harmless."""
+    ids = store.unpublished(epoch(now) - age)
+    publisher.publish(ids)
+    store.published(ids)
+    return len(ids)

@@ -1,0 +1,80 @@
+"""Every Redis key sendbeat uses, built in this one module.
+
+Key schema (``{p}`` is the configured prefix, ``SENDBEAT_KEY_PREFIX``, default
+``sendbeat``):
+
+    {p}:projects                    ZSET  project id -> created (epoch s)
+    {p}:project-names               HASH  project name -> project id
+    {p}:project:{pid}               HASH  id, name, created_at
+    {p}:project:{pid}:keys          SET   sha256 of each live API key
+    {p}:apikey:{sha256}             HASH  project_id, prefix, created_at
+    {p}:project:{pid}:uids          HASH  event uid -> event id
+    {p}:project:{pid}:events        ZSET  event id -> created (epoch s), for listing
+    {p}:project:{pid}:messages      HASH  send_message uid -> instance id (dedupe)
+    {p}:event:{eid}                 HASH  the event (see ``app.core.store``)
+    {p}:event:{eid}:instances       ZSET  instance id -> scheduled_for (epoch s), newest last
+    {p}:event:{eid}:active          SET   instance ids queued or running (overlap policy)
+    {p}:due                         ZSET  event id -> next run (epoch s); absent when suspended or done
+    {p}:instance:{iid}              HASH  one execution record (§7), expires after the retention
+    {p}:pending                     ZSET  instance id -> claimed at (epoch s): claimed, publish unconfirmed
+    {p}:beat:heartbeat              STRING epoch s of the last beat tick
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "sendbeat"
+
+    @property
+    def projects(self) -> str:
+        return f"{self.prefix}:projects"
+
+    @property
+    def project_names(self) -> str:
+        return f"{self.prefix}:project-names"
+
+    def project(self, project_id: str) -> str:
+        return f"{self.prefix}:project:{project_id}"
+
+    def project_keys(self, project_id: str) -> str:
+        return f"{self.prefix}:project:{project_id}:keys"
+
+    def api_key(self, digest: str) -> str:
+        return f"{self.prefix}:apikey:{digest}"
+
+    def uids(self, project_id: str) -> str:
+        return f"{self.prefix}:project:{project_id}:uids"
+
+    def project_events(self, project_id: str) -> str:
+        return f"{self.prefix}:project:{project_id}:events"
+
+    def message_uids(self, project_id: str) -> str:
+        return f"{self.prefix}:project:{project_id}:messages"
+
+    def event(self, event_id: str) -> str:
+        return f"{self.prefix}:event:{event_id}"
+
+    def event_instances(self, event_id: str) -> str:
+        return f"{self.prefix}:event:{event_id}:instances"
+
+    def event_active(self, event_id: str) -> str:
+        return f"{self.prefix}:event:{event_id}:active"
+
+    @property
+    def due(self) -> str:
+        return f"{self.prefix}:due"
+
+    def instance(self, instance_id: str) -> str:
+        return f"{self.prefix}:instance:{instance_id}"
+
+    @property
+    def pending(self) -> str:
+        return f"{self.prefix}:pending"
+
+    @property
+    def beat_heartbeat(self) -> str:
+        return f"{self.prefix}:beat:heartbeat"

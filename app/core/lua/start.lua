@@ -1,0 +1,27 @@
+-- start.lua: move an execution record to "running" for the worker that will send it.
+--
+-- Broker redeliveries and duplicate publishes land here too: only a record that is
+-- queued or retrying, or running under a lease that has run out (its worker died),
+-- may start; a record that already finished is never sent again.
+--
+-- KEYS[1]  {p}:instance:{iid}  HASH the execution record
+-- ARGV[1]  now (epoch seconds)
+-- ARGV[2]  lease (seconds): how long this worker may hold the record before another takes over
+-- Returns  {"start", attempts} when the caller must send it; otherwise {status}
+--          ("succeeded", "running", ...) or {"gone"} when the record does not exist.
+
+local now = tonumber(ARGV[1])
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return {'gone'}
+end
+local lease_until = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+if status == 'queued' or status == 'retrying' or (status == 'running' and lease_until < now) then
+  local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  redis.call('HSET', KEYS[1], 'status', 'running', 'lease_until', now + tonumber(ARGV[2]))
+  if not redis.call('HGET', KEYS[1], 'started_at') then
+    redis.call('HSET', KEYS[1], 'started_at', now)
+  end
+  return {'start', attempts}
+end
+return {status}

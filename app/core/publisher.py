@@ -1,0 +1,120 @@
+"""Hands send_message tasks to the broker, without importing Celery.
+
+Both the web (manual triggers, send_message) and beat publish through this one
+module. It writes Celery task-protocol-2 messages with kombu, Celery's own
+messaging library, so any Celery worker consuming ``queue`` runs them. A task
+carries only the execution record's id: the worker reads the rest from Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+
+from kombu import Connection, Exchange, Producer, Queue
+
+from app.core.errors import DispatchError
+
+SEND_MESSAGE_TASK = "sendbeat.send_message"
+
+
+def task_queue(name: str) -> Queue:
+    """The queue as the worker declares it (same exchange, type and routing key)."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name, durable=True)
+
+
+def task_message(instance_id: str, origin: str) -> tuple[tuple, dict]:
+    """The body and headers of one send_message task in Celery's protocol 2."""
+    args = [instance_id]
+    headers = {
+        "lang": "py",
+        "task": SEND_MESSAGE_TASK,
+        "id": instance_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": instance_id,
+        "parent_id": None,
+        "argsrepr": repr(args),
+        "kwargsrepr": "{}",
+        "origin": origin,
+        "ignore_result": True,
+    }
+    body = (args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
+    return body, headers
+
+
+class Publisher:
+    def __init__(self, broker_url: str, queue: str, *, connect_timeout: float = 3.0) -> None:
+        self._url = broker_url
+        self._queue = task_queue(queue)
+        self._timeout = connect_timeout
+        self._origin = f"sendbeat@{socket.gethostname()}:{os.getpid()}"
+        self._connection: Connection | None = None
+
+    def publish(self, instance_ids: Iterable[str]) -> None:
+        """Publish one task per execution id; raise DispatchError if the broker refuses."""
+        ids = list(instance_ids)
+        if not ids:
+            return
+        try:
+            self._publish(ids)
+        except DispatchError:
+            raise
+        except Exception as exc:  # kombu raises transport-specific errors
+            self.close()
+            raise DispatchError(f"Dispatcher error: {_reason(exc)}") from exc
+
+    def _publish(self, ids: list[str]) -> None:
+        connection = self._connect()
+        producer = Producer(
+            connection.default_channel,
+            exchange=self._queue.exchange,
+            routing_key=self._queue.routing_key,
+            serializer="json",
+        )
+        self._queue.declare(channel=producer.channel)
+        for instance_id in ids:
+            body, headers = task_message(instance_id, self._origin)
+            producer.publish(
+                body,
+                headers=headers,
+                correlation_id=instance_id,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                retry=False,
+            )
+
+    def _connect(self) -> Connection:
+        if self._connection is None:
+            connection = Connection(
+                self._url,
+                connect_timeout=self._timeout,
+                transport_options={
+                    "socket_connect_timeout": self._timeout,
+                    "socket_timeout": self._timeout,
+                    "max_retries": 0,
+                },
+            )
+            connection.ensure_connection(max_retries=1, timeout=self._timeout)
+            self._connection = connection
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.release()
+            except Exception:  # closing a broken connection may itself fail; nothing to keep
+                pass
+            self._connection = None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

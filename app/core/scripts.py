@@ -1,0 +1,68 @@
+"""Typed wrappers over the Lua scripts in ``app/core/lua``; each script is loaded once
+and called by its SHA (redis-py's ``Script`` reloads it after a server restart)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis import Redis
+
+from app.core.keys import Keys
+
+
+def _source(name: str) -> str:
+    return resources.files("app.core").joinpath(f"lua/{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One event's due occurrence as beat computed it, ready to be claimed."""
+
+    event_id: str
+    at: int
+    next_at: int | None
+    send: tuple[str, int] | None  # (instance id, scheduled epoch)
+    missed: tuple[tuple[str, int], ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "event": self.event_id,
+            "at": self.at,
+            "next": self.next_at,
+            "send": None if self.send is None else {"id": self.send[0], "at": self.send[1]},
+            # An empty Lua table encodes as {} in cjson; a list keeps ipairs happy either way.
+            "missed": [{"id": iid, "at": at} for iid, at in self.missed],
+        }
+
+
+class Scripts:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._keys = keys
+        self._claim = redis.register_script(_source("claim"))
+        self._start = redis.register_script(_source("start"))
+
+    def claim(self, claims: list[Claim], *, now: int, retention: int) -> list[tuple[str, str]]:
+        """Claim the occurrences; return (instance id, status) for each record written."""
+        if not claims:
+            return []
+        flat = self._claim(
+            keys=[self._keys.due, self._keys.pending],
+            args=[
+                now,
+                retention,
+                self._keys.event(""),
+                self._keys.instance(""),
+                json.dumps([c.as_json() for c in claims]),
+            ],
+        )
+        values = [v.decode() if isinstance(v, bytes) else v for v in flat]
+        return list(zip(values[::2], values[1::2], strict=True))
+
+    def start(self, instance_id: str, *, now: int, lease: int) -> tuple[str, int]:
+        """Try to start an execution; ("start", attempts) means the caller sends it."""
+        reply = self._start(keys=[self._keys.instance(instance_id)], args=[now, lease])
+        status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+        return status, int(reply[1]) if len(reply) > 1 else 0

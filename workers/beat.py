@@ -1,0 +1,70 @@
+"""sendbeat's Celery beat scheduler: it keeps no schedule of its own, it claims due
+occurrences from the Redis due index and publishes them.
+
+Any number of beats may run: each occurrence is claimed once (``claim.lua``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery.beat import Scheduler
+from redis.exceptions import RedisError
+
+from app.core.clock import now
+from app.core.errors import DispatchError
+from app.core.events import dispatch_due, republish_unconfirmed
+from workers.context import context_for
+
+log = logging.getLogger("sendbeat.beat")
+
+# A claim whose publish is unconfirmed this long is taken to be lost (its beat died).
+UNCONFIRMED_AFTER = 30
+
+
+class SendbeatScheduler(Scheduler):
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        self._context = context_for(app.sendbeat_settings)
+        self._last_recovery = 0.0
+        super().__init__(app, *args, **kwargs)
+
+    def setup_schedule(self) -> None:
+        """No static entries: every schedule lives in Redis."""
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Dispatch what is due; return how long to sleep (at most ``beat_max_sleep``)."""
+        settings = self._context.settings
+        store = self._context.store
+        try:
+            due = dispatch_due(store, self._context.publisher, now(), settings.beat_batch_size)
+            self._recover()
+            store.heartbeat(time.time())
+            next_at = store.next_due_at()
+        except (RedisError, DispatchError) as exc:
+            log.warning("beat could not dispatch, will try again: %s", exc)
+            return settings.beat_max_sleep
+        if due >= settings.beat_batch_size:
+            return 0.0  # more is due right now
+        if next_at is None:
+            return settings.beat_max_sleep
+        return max(0.0, min(settings.beat_max_sleep, next_at - time.time()))
+
+    def _recover(self) -> None:
+        if time.monotonic() - self._last_recovery < UNCONFIRMED_AFTER / 3:
+            return
+        self._last_recovery = time.monotonic()
+        count = republish_unconfirmed(
+            self._context.store, self._context.publisher, now(), UNCONFIRMED_AFTER
+        )
+        if count:
+            log.warning("published again %d claimed executions whose publish was lost", count)
+
+    def close(self) -> None:
+        self._context.publisher.close()
+        super().close()
+
+    @property
+    def info(self) -> str:
+        return f"    . sendbeat due index on {self._context.settings.key_prefix}:due"

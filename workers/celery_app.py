@@ -1,0 +1,37 @@
+"""The Celery application, built from sendbeat's settings (``create_celery``)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.core.publisher import task_queue
+from app.core.settings import Settings
+
+# How long a worker may hold an execution before another may take it over: it
+# bounds one send (remote content + SMTP), so it is well above their timeouts.
+SEND_LEASE_SECONDS = 300
+
+
+def create_celery(settings: Settings) -> Celery:
+    celery = Celery("sendbeat", broker=settings.effective_broker_url, set_as_current=True)
+    celery.conf.update(
+        task_default_queue=settings.queue,
+        task_queues=[task_queue(settings.queue)],
+        # A worker killed mid-send hands the message back instead of losing it; the
+        # execution record (start.lua) makes sure it is still sent only once.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        beat_scheduler="workers.beat:SendbeatScheduler",
+        beat_max_loop_interval=settings.beat_max_sleep,
+        worker_hijack_root_logger=False,
+        imports=["workers.tasks"],
+        timezone="UTC",
+        enable_utc=True,
+    )
+    celery.sendbeat_settings = settings  # type: ignore[attr-defined]
+    return celery
