@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -28,6 +30,7 @@ def create_app(
     *,
     store: Store | None = None,
     publisher: Publisher | None = None,
+    clock: Callable[[], datetime] = now,
 ) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -39,7 +42,7 @@ def create_app(
         retention_days=settings.retention_days,
     )
     publisher = publisher or Publisher(settings.effective_broker_url, settings.queue)
-    app.extensions["sendbeat"] = Services(settings, store, publisher, now)
+    app.extensions["sendbeat"] = Services(settings, store, publisher, clock)
     app.register_blueprint(messaging.bp)
     app.register_blueprint(schedules.bp)
     app.register_error_handler(HTTPException, _http_error)

@@ -49,6 +49,13 @@ class Created:
     schedules: list[Schedule] = field(default_factory=list)
 
 
+def uid_taken(uid: str) -> UidTaken:
+    """The seed's exact answer to a uid used twice in a project."""
+    return UidTaken(
+        uid, "Could not create scheduled event.", ["[:uid, :project id] is already taken"]
+    )
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -120,7 +127,7 @@ def create_events(
     for index, spec in enumerate(specs):
         where = f"events[{index}]." if batch else ""
         if spec.uid is not None and spec.uid in seen:
-            raise UidTaken(spec.uid, "Could not create scheduled event.")
+            raise uid_taken(spec.uid)
         if spec.uid is not None:
             seen.add(spec.uid)
         try:
@@ -135,9 +142,7 @@ def create_events(
     try:
         store.add_events(created.events)
     except UidTaken as exc:
-        raise UidTaken(
-            exc.uid, "Could not create scheduled event.", ["[:uid, :project id] is already taken"]
-        ) from None
+        raise uid_taken(exc.uid) from None
     return created
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterable
 
 from kombu import Connection, Exchange, Producer, Queue
@@ -56,19 +57,20 @@ class Publisher:
         self._timeout = connect_timeout
         self._origin = f"sendbeat@{socket.gethostname()}:{os.getpid()}"
         self._connection: Connection | None = None
+        # gunicorn's threads share one publisher; kombu connections are not thread-safe.
+        self._lock = threading.Lock()
 
     def publish(self, instance_ids: Iterable[str]) -> None:
         """Publish one task per execution id; raise DispatchError if the broker refuses."""
         ids = list(instance_ids)
         if not ids:
             return
-        try:
-            self._publish(ids)
-        except DispatchError:
-            raise
-        except Exception as exc:  # kombu raises transport-specific errors
-            self.close()
-            raise DispatchError(f"Dispatcher error: {_reason(exc)}") from exc
+        with self._lock:
+            try:
+                self._publish(ids)
+            except Exception as exc:  # kombu raises transport-specific errors
+                self._close()
+                raise DispatchError(f"Dispatcher error: {_reason(exc)}") from exc
 
     def _publish(self, ids: list[str]) -> None:
         connection = self._connect()
@@ -85,8 +87,6 @@ class Publisher:
                 body,
                 headers=headers,
                 correlation_id=instance_id,
-                content_type="application/json",
-                content_encoding="utf-8",
                 delivery_mode=2,
                 retry=False,
             )
@@ -107,6 +107,10 @@ class Publisher:
         return self._connection
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._connection is not None:
             try:
                 self._connection.release()

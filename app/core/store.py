@@ -308,7 +308,11 @@ class Store:
         return key
 
     def revoke_key(self, prefix: str) -> Project:
-        """Revoke the one live key starting with ``prefix``; return its project."""
+        """Revoke the one live key starting with ``prefix`` (or the whole key given)."""
+        whole = self.project_for_key(prefix)
+        if whole is not None:
+            self._revoke_digests(whole, {key_digest(prefix)})
+            return self._project(whole) or Project(whole, "", 0)
         matches = [
             (project, digest)
             for project in self.list_projects()
