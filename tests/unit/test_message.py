@@ -1,0 +1,403 @@
+"""send_message arguments: exact validation errors and the MIME that render() builds."""
+
+from __future__ import annotations
+
+import base64
+import email
+from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import pytest
+
+from app.core.errors import InvalidMessage
+from app.core.message import (
+    contains_refs,
+    recipients_of,
+    render,
+    substitute,
+    validate_arguments,
+)
+
+NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+PDF = b"%PDF-1.4\x00\xff\xfe binary \r\n bytes"
+
+
+def arguments(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "recipients": ["ann@example.com"],
+        "headers": {"from": "Sender <sender@example.com>", "subject": "Hello"},
+        "content": {"text/plain": "Hi there"},
+    }
+    base.update(changes)
+    return base
+
+
+def problems(value: object, path: str = "arguments") -> list[str]:
+    with pytest.raises(InvalidMessage) as caught:
+        validate_arguments(value, path=path)
+    assert caught.value.message == caught.value.errors[0]
+    return caught.value.errors
+
+
+def parsed(message: EmailMessage) -> EmailMessage:
+    """What a receiver sees: the serialized bytes parsed back."""
+    result = email.message_from_bytes(message.as_bytes(), policy=policy.default)
+    assert isinstance(result, EmailMessage)
+    return result
+
+
+def one(value: dict[str, Any]) -> EmailMessage:
+    [envelope] = render(value, now=NOW, mail_domain="mail.test")
+    return parsed(envelope.message)
+
+
+# --- validation ---------------------------------------------------------------------
+
+
+def test_valid_arguments_pass() -> None:
+    validate_arguments(arguments())
+    validate_arguments(arguments(recipients="ann@example.com, Bob <bob@example.com>"))
+    validate_arguments(arguments(recipients={"ann@example.com": {"name": "Ann"}, "b@x.io": None}))
+    validate_arguments(arguments(recipients=['"Doe, Ann" <ann@example.com>']))
+
+
+def test_arguments_must_be_an_object() -> None:
+    assert problems([1]) == ["arguments: must be an object"]
+    assert problems("x", path="metadata.arguments") == ["metadata.arguments: must be an object"]
+
+
+def test_required_fields_and_unknown_fields() -> None:
+    assert problems({"template": "x"}) == [
+        "arguments.template: is not a known field (use recipients, headers, content, variables,"
+        " recipient_override, attachments)",
+        "arguments.recipients: is required",
+        "arguments.headers: is required",
+        "arguments.content: is required",
+    ]
+
+
+def test_every_recipient_problem_is_listed() -> None:
+    assert problems(arguments(recipients="ann@example.com, nobody, x@@y.com")) == [
+        "arguments.recipients: 'nobody' is not a valid email address",
+        "arguments.recipients: 'x@@y.com' is not a valid email address",
+    ]
+    assert problems(arguments(recipients=["ann@example.com", 7, "a@b.com, c@d.com"])) == [
+        "arguments.recipients[1]: must be a string",
+        "arguments.recipients[2]: 'a@b.com, c@d.com' is not a valid email address",
+    ]
+    assert problems(arguments(recipients={"bad": {}, "ann@example.com": [1]})) == [
+        "arguments.recipients.bad: 'bad' is not a valid email address",
+        "arguments.recipients.ann@example.com: the recipient's variables must be an object"
+        " (or null)",
+    ]
+
+
+def test_recipients_shape() -> None:
+    assert problems(arguments(recipients=5)) == [
+        "arguments.recipients: must be a comma-separated string, an array of addresses"
+        " or an object mapping addresses to variables"
+    ]
+    assert problems(arguments(recipients=" , ")) == [
+        "arguments.recipients: must name at least one address"
+    ]
+    assert problems(arguments(recipients=[])) == [
+        "arguments.recipients: must name at least one address"
+    ]
+
+
+def test_header_problems() -> None:
+    headers = {
+        "Subject": "ok",
+        "reply-to": "ok@example.com, broken",
+        "cc": "c@example.com",
+        "X-Tag": 3,
+        "bcc": "spy@example.com",
+        "To": "other@example.com",
+        "Content-Type": "text/evil",
+        "Bad Name": "x",
+    }
+    assert problems(arguments(headers=headers)) == [
+        "arguments.headers.reply-to: 'broken' is not a valid email address",
+        "arguments.headers.X-Tag: must be a string",
+        "arguments.headers.bcc: is not supported; every recipient gets its own copy,"
+        " so list the address in recipients",
+        "arguments.headers.To: is set from recipients",
+        "arguments.headers.Content-Type: is not a header you may set (use from, subject,"
+        " reply-to, cc, an X- header or another header listed in docs/messages.md)",
+        "arguments.headers: 'Bad Name' is not a valid header name",
+        "arguments.headers.from: is required",
+    ]
+
+
+def test_header_values_with_cr_or_lf_are_rejected() -> None:
+    headers = {
+        "from": "a@example.com",
+        "subject": "Hi\r\nBcc: victim@example.com",
+        "X-Note": "one\ntwo",
+    }
+    assert problems(arguments(headers=headers)) == [
+        "arguments.headers.subject: must not contain CR or LF",
+        "arguments.headers.X-Note: must not contain CR or LF",
+    ]
+    assert problems(arguments(headers={"from": "a@example.com", "X-A\nB": "v"})) == [
+        "arguments.headers: 'X-A\\nB' is not a valid header name"
+    ]
+
+
+def test_from_must_be_one_valid_address_and_headers_are_case_insensitive() -> None:
+    assert problems(arguments(headers={"From": "a@example.com, b@example.com"})) == [
+        "arguments.headers.From: 'a@example.com, b@example.com' is not a valid email address"
+    ]
+    assert problems(arguments(headers={"From": "a@example.com", "from": "a@example.com"})) == [
+        "arguments.headers.from: is given twice (header names are case-insensitive)"
+    ]
+
+
+def test_content_problems() -> None:
+    assert problems(arguments(content={})) == [
+        "arguments.content: must have text/plain or text/html"
+    ]
+    assert problems(arguments(content={"text/plain": 1, "text/markdown": "x"})) == [
+        "arguments.content.text/plain: must be a string",
+        "arguments.content.text/markdown: is not a supported content type"
+        " (use text/plain or text/html)",
+    ]
+
+
+def test_attachment_problems() -> None:
+    attachments = {
+        "ok.pdf": {"content_type": "application/pdf", "content": "JVBERg=="},
+        "bad.bin": {"content": "not base64!"},
+        "../etc/passwd": {"content": "AA=="},
+        "x.txt": {"content_type": "text", "size": 3},
+        "y.txt": "AA==",
+    }
+    assert problems(arguments(attachments=attachments)) == [
+        "arguments.attachments.bad.bin.content: is not valid base64",
+        "arguments.attachments: '../etc/passwd' is not a valid file name (no / \\ CR LF or NUL)",
+        "arguments.attachments.x.txt.size: is not an attachment field (use content_type, content)",
+        "arguments.attachments.x.txt.content_type: must be a media type such as application/pdf",
+        "arguments.attachments.x.txt.content: is required",
+        "arguments.attachments.y.txt: must be an object with content_type and content",
+    ]
+
+
+def test_variables_and_override_problems() -> None:
+    assert problems(arguments(variables=[1], recipient_override="nope")) == [
+        "arguments.variables: must be an object",
+        "arguments.recipient_override: 'nope' is not a valid email address",
+    ]
+
+
+def test_a_ref_stands_in_for_any_value_and_only_its_shape_is_checked() -> None:
+    ref = {"$ref": "https://example.com/data.json"}
+    validate_arguments(
+        arguments(
+            recipients=ref,
+            headers={"from": "a@example.com", "subject": ref},
+            content=ref,
+            variables=ref,
+            attachments={"a.png": {"content": {**ref, "$type": "image/png", "$encode": "base64"}}},
+        )
+    )
+    validate_arguments(ref)
+
+
+def test_ref_shape_problems() -> None:
+    bad = {
+        "$ref": "ftp://example.com/x",
+        "$type": "image/png",
+        "$encode": "hex",
+        "$method": "PUT",
+        "$cache": True,
+    }
+    assert problems(arguments(content=bad)) == [
+        "arguments.content.$cache: is not a $ref key (use $ref, $type, $encode, $method)",
+        "arguments.content.$ref: must be an http or https URL",
+        'arguments.content.$encode: must be "base64"',
+        "arguments.content.$method: must be GET or POST",
+    ]
+    raw = {"$ref": "https://example.com/logo.png", "$type": "image/png"}
+    assert problems(arguments(variables=raw)) == [
+        'arguments.variables: $type image/png is raw bytes, so it needs "$encode": "base64"'
+    ]
+    assert problems(arguments(variables={"$ref": "https://x.io/a", "$type": "nonsense"})) == [
+        "arguments.variables.$type: must be a media type such as application/json",
+        'arguments.variables: $type nonsense is raw bytes, so it needs "$encode": "base64"',
+    ]
+
+
+def test_contains_refs_and_recipients_of() -> None:
+    assert contains_refs({"a": [1, {"b": {"$ref": "https://x.io"}}]})
+    assert not contains_refs({"a": [1, {"b": {"ref": "https://x.io"}}]})
+    assert recipients_of(arguments(recipients="Ann <ann@example.com>, bob@example.com")) == [
+        "ann@example.com",
+        "bob@example.com",
+    ]
+    assert recipients_of(arguments(recipients={"c@example.com": {}})) == ["c@example.com"]
+    assert recipients_of(arguments(recipients={"$ref": "https://x.io/r.json"})) == []
+
+
+# --- rendering ----------------------------------------------------------------------
+
+
+def test_text_only_is_text_plain_with_the_standard_headers() -> None:
+    message = one(arguments(headers={"from": "Sender <s@example.com>", "subject": "Hi"}))
+    assert message.get_content_type() == "text/plain"
+    assert message.get_content() == "Hi there\n"
+    assert message["From"] == "Sender <s@example.com>"
+    assert message["To"] == "ann@example.com"
+    assert message["Subject"] == "Hi"
+    assert message["MIME-Version"] == "1.0"
+    assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith("@mail.test>")
+    assert parsedate_to_datetime(message["Date"]) == NOW
+
+
+def test_html_only_is_text_html() -> None:
+    message = one(arguments(content={"text/html": "<p>Hi</p>"}))
+    assert message.get_content_type() == "text/html"
+    assert message.get_content() == "<p>Hi</p>\n"
+
+
+def test_text_and_html_make_multipart_alternative() -> None:
+    message = one(arguments(content={"text/plain": "plain", "text/html": "<b>rich</b>"}))
+    assert message.get_content_type() == "multipart/alternative"
+    parts = list(message.iter_parts())
+    assert [part.get_content_type() for part in parts] == ["text/plain", "text/html"]
+    assert [part.get_content() for part in parts] == ["plain\n", "<b>rich</b>\n"]
+
+
+def test_attachments_make_multipart_mixed_and_bytes_survive() -> None:
+    content = base64.encodebytes(PDF).decode("ascii")  # with line breaks, as MIME writes it
+    value = arguments(
+        content={"text/plain": "see attached", "text/html": "<p>see attached</p>"},
+        attachments={
+            "report.pdf": {"content_type": "application/pdf", "content": content},
+            "notes.txt": {"content": base64.b64encode(b"n").decode()},
+        },
+    )
+    message = one(value)
+    assert message.get_content_type() == "multipart/mixed"
+    body, pdf, notes = message.iter_parts()
+    assert body.get_content_type() == "multipart/alternative"
+    assert pdf.get_content_type() == "application/pdf"
+    assert pdf.get_filename() == "report.pdf"
+    assert pdf.get_content_disposition() == "attachment"
+    assert pdf.get_payload(decode=True) == PDF
+    assert notes.get_content_type() == "text/plain"  # guessed from the file name
+    assert notes.get_payload(decode=True) == b"n"
+
+
+def test_per_recipient_variables_override_global_ones() -> None:
+    value = arguments(
+        recipients={"ann@example.com": {"name": "Ann"}, "bob@example.com": None},
+        headers={"from": "s@example.com", "subject": "Hi {{ name }} #{{n}}"},
+        content={"text/plain": "Dear {{name}}, {{unknown}} {{ flag }}", "text/html": "<p>{{name}}"},
+        variables={"name": "friend", "n": 3, "flag": True},
+    )
+    envelopes = render(value, now=NOW, mail_domain="mail.test")
+    assert [envelope.recipient for envelope in envelopes] == ["ann@example.com", "bob@example.com"]
+    ann, bob = (parsed(envelope.message) for envelope in envelopes)
+    assert ann["Subject"] == "Hi Ann #3"
+    assert bob["Subject"] == "Hi friend #3"
+    ann_text, ann_html = ann.iter_parts()
+    assert ann_text.get_content() == "Dear Ann, {{unknown}} true\n"
+    assert ann_html.get_content() == "<p>Ann\n"
+    assert ann["Message-ID"] != bob["Message-ID"]
+
+
+def test_substitute_leaves_unknown_placeholders_and_does_not_rescan() -> None:
+    assert substitute("{{a}} {{ b }} {{c}}", {"a": "{{b}}", "b": None}) == "{{b}}  {{c}}"
+    assert substitute("{{list}}", {"list": [1, "é"]}) == '[1, "é"]'
+
+
+def test_utf8_subject_body_and_display_names_round_trip() -> None:
+    value = arguments(
+        recipients=["Zoë Ärger <zoe@example.com>"],
+        headers={"from": "Jürgen Groß <j@example.com>", "subject": "Grüße, {{who}} ✓"},
+        content={"text/plain": "Привет, {{who}}!", "text/html": "<p>日本語 {{who}}</p>"},
+        variables={"who": "Zoë"},
+    )
+    [envelope] = render(value, now=NOW, mail_domain="mail.test")
+    raw = envelope.message.as_bytes()
+    assert raw.isascii()  # encoded-words and quoted-printable: safe for any server
+    message = parsed(envelope.message)
+    assert message["Subject"] == "Grüße, Zoë ✓"
+    assert message["From"].addresses[0].display_name == "Jürgen Groß"
+    assert message["To"] == "Zoë Ärger <zoe@example.com>"
+    text, html = message.iter_parts()
+    assert text.get_content() == "Привет, Zoë!\n"
+    assert html.get_content() == "<p>日本語 Zoë</p>\n"
+
+
+def test_envelope_addresses_cc_reply_to_and_idn() -> None:
+    value = arguments(
+        recipients=["Ann <ann@bücher.example>"],
+        headers={
+            "from": "Sender <s@example.com>",
+            "cc": "c@example.com, Ann <ann@bücher.example>",
+            "reply-to": "help@example.com",
+            "X-Campaign": "spring",
+        },
+    )
+    [envelope] = render(value, now=NOW, mail_domain="mail.test")
+    assert envelope.mail_from == "s@example.com"
+    assert envelope.recipient == "ann@xn--bcher-kva.example"
+    assert envelope.rcpt_to == ("ann@xn--bcher-kva.example", "c@example.com")
+    message = parsed(envelope.message)
+    assert message["Cc"] == "c@example.com, Ann <ann@xn--bcher-kva.example>"
+    assert message["Reply-To"] == "help@example.com"
+    assert message["X-Campaign"] == "spring"
+
+
+def test_recipient_override_delivers_only_to_the_override_and_keeps_to() -> None:
+    value = arguments(
+        recipients="ann@example.com, bob@example.com",
+        headers={"from": "s@example.com", "cc": "boss@example.com"},
+        recipient_override="qa@example.com",
+    )
+    envelopes = render(value, now=NOW, mail_domain="mail.test")
+    assert [e.recipient for e in envelopes] == ["ann@example.com", "bob@example.com"]
+    assert [e.rcpt_to for e in envelopes] == [("qa@example.com",), ("qa@example.com",)]
+    assert [parsed(e.message)["To"] for e in envelopes] == ["ann@example.com", "bob@example.com"]
+
+
+def test_render_rejects_cr_lf_headers_and_subjects_made_by_variables() -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        render(
+            arguments(headers={"from": "s@example.com", "subject": "x\r\nBcc: v@example.com"}),
+            now=NOW,
+            mail_domain="mail.test",
+        )
+    assert caught.value.errors == ["arguments.headers.subject: must not contain CR or LF"]
+    value = arguments(
+        headers={"from": "s@example.com", "subject": "Hi {{name}}"},
+        variables={"name": "x\nBcc: v@example.com"},
+    )
+    with pytest.raises(InvalidMessage) as caught:
+        render(value, now=NOW, mail_domain="mail.test")
+    assert caught.value.message == (
+        "arguments.headers.subject: contains CR or LF after substituting the variables"
+        " for ann@example.com"
+    )
+
+
+def test_render_rejects_undecodable_attachments_and_leftover_refs() -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        render(
+            arguments(attachments={"a.bin": {"content": "%%%"}}), now=NOW, mail_domain="mail.test"
+        )
+    assert caught.value.errors == ["arguments.attachments.a.bin.content: is not valid base64"]
+    with pytest.raises(InvalidMessage) as caught:
+        render(arguments(variables={"$ref": "https://x.io/v"}), now=NOW, mail_domain="m.test")
+    assert caught.value.message == "arguments: a $ref is left unresolved"
+
+
+def test_render_checks_resolved_remote_content_again() -> None:
+    # A $ref for the content that came back as a list, not an object.
+    with pytest.raises(InvalidMessage) as caught:
+        render(arguments(content=["not", "content"]), now=NOW, mail_domain="mail.test")
+    assert caught.value.errors == ["arguments.content: must be an object"]
