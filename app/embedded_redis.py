@@ -73,7 +73,13 @@ class EmbeddedRedis:
             "--maxmemory-policy", "noeviction",
             "--logfile", str((self.data_dir / "server.log").resolve()),
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        # Its own session: Ctrl-C and group signals reach only the runner, which stops the
+        # server last, after the processes that use it.
+        self.process = subprocess.Popen(
+            args,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,  # noqa: PLW1509
+        )
         self._wait_ready(timeout)
         return self
 

@@ -58,6 +58,9 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,  # noqa: PLW1509
+            # Only the runner signals its children, once each: a second signal would turn
+            # a Celery worker's warm shutdown into a cold one.
+            start_new_session=True,
         )
         self.children[name] = child
         threading.Thread(target=self._relay, args=(name, child), daemon=True).start()

@@ -58,7 +58,7 @@ class Publisher:
         self._origin = f"sendbeat@{socket.gethostname()}:{os.getpid()}"
         self._connection: Connection | None = None
         # gunicorn's threads share one publisher; kombu connections are not thread-safe.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a signal handler may close mid-publish
 
     def publish(self, instance_ids: Iterable[str]) -> None:
         """Publish one task per execution id; raise DispatchError if the broker refuses."""
@@ -111,12 +111,12 @@ class Publisher:
             self._close()
 
     def _close(self) -> None:
-        if self._connection is not None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
             try:
-                self._connection.release()
+                connection.release()
             except Exception:  # closing a broken connection may itself fail; nothing to keep
                 pass
-            self._connection = None
 
 
 def _reason(exc: BaseException) -> str:
