@@ -99,6 +99,8 @@ def _deliver(
     for envelope in envelopes:
         if envelope.recipient in delivered:
             continue  # accepted on an earlier attempt; never send a copy twice
+        # Lets a reader (and the tests) tie each email to its execution record.
+        envelope.message["X-Sendbeat-Instance"] = instance.id
         results.append(transport.send(envelope))
         delivered.append(envelope.recipient)
         store.record_delivered(instance.id, delivered)

@@ -1,0 +1,255 @@
+"""Real parts for end-to-end tests: an SMTP server (aiosmtpd), an HTTP server for
+``$ref`` content, and Celery worker and beat processes started as subprocesses."""
+
+from __future__ import annotations
+
+import email
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.core.settings import Settings
+from app.core.store import Store
+from app.embedded_redis import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+    at: float
+
+
+@dataclass
+class SmtpSink:
+    """Collects every message delivered to it."""
+
+    port: int = 0
+    messages: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.content, policy=default_policy)
+        with self.lock:
+            self.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), message, time.time())
+            )  # type: ignore[arg-type]
+        return "250 Message accepted for delivery"
+
+    def wait_for(self, count: int, timeout: float) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.messages) >= count:
+                    return list(self.messages)
+            time.sleep(0.05)
+        with self.lock:
+            return list(self.messages)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    sink = SmtpSink(port=free_port())
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
+    controller.start()
+    yield sink
+    controller.stop()
+
+
+@dataclass
+class FileServer:
+    files: dict[str, bytes]
+    port: int = 0
+    hits: list[str] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture
+def files() -> Iterator[FileServer]:
+    served = FileServer({})
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            served.hits.append(self.path)
+            body = served.files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    served.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def live_settings(settings: Settings, smtp: SmtpSink) -> Settings:
+    return settings.with_(mail_url=f"smtp://127.0.0.1:{smtp.port}")
+
+
+def process_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDBEAT_", "MAIL_"))}
+    env.update(
+        REDIS_URL=settings.redis_url,
+        MAIL_URL=settings.mail_url,
+        SENDBEAT_KEY_PREFIX=settings.key_prefix,
+        SENDBEAT_QUEUE=settings.queue,
+        SENDBEAT_ALLOW_PRIVATE_REFS="1" if settings.allow_private_refs else "0",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("BROKER_URL", None)
+    return env
+
+
+class Processes:
+    """Starts Celery worker and beat processes; stops them all at teardown."""
+
+    def __init__(self, settings: Settings, logs: Path) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.running: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(self, *args: str, name: str) -> subprocess.Popen[bytes]:
+        log = self.logs / f"{name}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "--app",
+            "workers.main",
+            *args,
+            "--loglevel",
+            "INFO",
+        ]
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=process_env(self.settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.running.append((process, log))
+        return process
+
+    def worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen[bytes]:
+        process = self.start(
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname",
+            f"{name}@%h",
+            name=name,
+        )
+        self.wait_log(name, "ready.", process)
+        return process
+
+    def beat(self, name: str = "beat") -> subprocess.Popen[bytes]:
+        process = self.start("beat", "--schedule", str(self.logs / f"{name}.db"), name=name)
+        self.wait_log(name, "beat: Starting...", process)
+        return process
+
+    def wait_log(
+        self, name: str, text: str, process: subprocess.Popen[bytes], timeout: float = 30
+    ) -> None:
+        log = self.logs / f"{name}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in log.read_text(errors="replace"):
+                return
+            if process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{name} did not start:\n{log.read_text(errors='replace')}")
+
+    def stop(self, process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def stop_all(self) -> None:
+        for process, _ in self.running:
+            self.stop(process)
+
+    def log_text(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}" for _, log in self.running
+        )
+
+
+@pytest.fixture
+def processes(live_settings: Settings, tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(live_settings, tmp_path)
+    yield procs
+    procs.stop_all()
+
+
+@dataclass
+class Web:
+    client: FlaskClient
+    key: str
+    store: Store
+
+    def call(self, method: str, body: dict[str, Any]) -> Any:
+        response = self.client.post(f"/v.1.1/{method}", json={"api_key": self.key, **body})
+        return response
+
+    def trigger(self, event_id: str) -> Any:
+        return self.client.post(
+            f"/api/unstable/schedules/{event_id}/trigger",
+            headers={"Authorization": f"Bearer {self.key}"},
+        )
+
+    def instances(self, uid: str) -> list[dict[str, Any]]:
+        body = self.call("list_scheduled_event_instances", {"uid": uid}).get_json()
+        return list(body["data"]["scheduled_event_instances"])
+
+
+@pytest.fixture
+def web(live_settings: Settings, store: Store) -> Web:
+    app = create_app(live_settings, store=store)
+    _, key = store.create_project("itest", int(time.time()))
+    return Web(app.test_client(), key, store)
+
+
+def wait_until(check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    return check()
