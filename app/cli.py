@@ -14,7 +14,7 @@ project_cli = AppGroup("project", help="Manage projects and their API keys.")
 
 
 def _store() -> Store:
-    return current_app.extensions["sendbeat"].store  # type: ignore[no-any-return]
+    return current_app.extensions["sendbeat"].store
 
 
 def _stamp() -> int:

@@ -78,7 +78,7 @@ class EmbeddedRedis:
         self.process = subprocess.Popen(
             args,
             preexec_fn=_die_with_parent,
-            start_new_session=True,  # noqa: PLW1509
+            start_new_session=True,
         )
         self._wait_ready(timeout)
         return self

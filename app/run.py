@@ -57,7 +57,7 @@ class Supervisor:
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            preexec_fn=_die_with_parent,
             # Only the runner signals its children, once each: a second signal would turn
             # a Celery worker's warm shutdown into a cold one.
             start_new_session=True,

@@ -33,5 +33,5 @@ def create_celery(settings: Settings) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
-    celery.sendbeat_settings = settings  # type: ignore[attr-defined]
+    celery.sendbeat_settings = settings
     return celery

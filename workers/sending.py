@@ -93,6 +93,8 @@ def _deliver(
     clock: Any,
 ) -> dict[str, Any]:
     resolved = resolve_refs(arguments, settings=settings)
+    if not isinstance(resolved, dict):
+        raise InvalidMessage("arguments: expected an object")
     envelopes = render(resolved, now=clock(), mail_domain=settings.mail_domain)
     delivered = list(instance.delivered)
     results: list[SendResult] = []

@@ -32,7 +32,7 @@ class Services:
 
 
 def services() -> Services:
-    return current_app.extensions["sendbeat"]  # type: ignore[no-any-return]
+    return current_app.extensions["sendbeat"]
 
 
 def bearer_token() -> str | None:

@@ -91,7 +91,7 @@ def read_body() -> dict[str, Any]:
 
 def load(schema: Schema, body: dict[str, Any]) -> dict[str, Any]:
     try:
-        return schema.load(body)  # type: ignore[no-any-return]
+        return schema.load(body)
     except SchemaError as exc:
         errors = flatten_errors(exc.messages)
         raise ValidationError(errors[0], errors) from None

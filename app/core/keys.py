@@ -14,9 +14,11 @@ Key schema (``{p}`` is the configured prefix, ``SENDBEAT_KEY_PREFIX``, default
     {p}:event:{eid}                 HASH  the event (see ``app.core.store``)
     {p}:event:{eid}:instances       ZSET  instance id -> scheduled_for (epoch s), newest last
     {p}:event:{eid}:active          SET   instance ids queued or running (overlap policy)
-    {p}:due                         ZSET  event id -> next run (epoch s); absent when suspended or done
+    {p}:due                         ZSET  event id -> next run (epoch s); absent when
+                                          suspended or done
     {p}:instance:{iid}              HASH  one execution record (§7), expires after the retention
-    {p}:pending                     ZSET  instance id -> claimed at (epoch s): claimed, publish unconfirmed
+    {p}:pending                     ZSET  instance id -> claimed at (epoch s): claimed,
+                                          publish not yet confirmed
     {p}:beat:heartbeat              STRING epoch s of the last beat tick
 """
 

@@ -8,10 +8,12 @@ carries only the execution record's id: the worker reads the rest from Redis.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from kombu import Connection, Exchange, Producer, Queue
 
@@ -25,7 +27,7 @@ def task_queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name, durable=True)
 
 
-def task_message(instance_id: str, origin: str) -> tuple[tuple, dict]:
+def task_message(instance_id: str, origin: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The body and headers of one send_message task in Celery's protocol 2."""
     args = [instance_id]
     headers = {
@@ -46,7 +48,11 @@ def task_message(instance_id: str, origin: str) -> tuple[tuple, dict]:
         "origin": origin,
         "ignore_result": True,
     }
-    body = (args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
+    body: tuple[Any, ...] = (
+        args,
+        {},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    )
     return body, headers
 
 
@@ -113,10 +119,9 @@ class Publisher:
     def _close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            try:
+            # Closing a broken connection may itself fail; there is nothing to keep.
+            with contextlib.suppress(Exception):
                 connection.release()
-            except Exception:  # closing a broken connection may itself fail; nothing to keep
-                pass
 
 
 def _reason(exc: BaseException) -> str:

@@ -115,7 +115,9 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: set[str]) -> 
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int = 0, high: int | None = None) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, low: int = 0, high: int | None = None
+) -> int:
     value = _get(env, name)
     if value is None:
         return default

@@ -244,8 +244,9 @@ def new_api_key() -> str:
 
 class Store:
     def __init__(self, redis: Redis, keys: Keys | None = None, *, retention_days: int = 30):
-        # The store speaks str: every client it is given must decode responses.
-        self.redis = redis
+        # The store speaks str: every client it is given must decode responses. redis-py's
+        # types cannot say so (they are bytes | str), hence Any.
+        self.redis: Any = redis
         self.keys = keys or Keys()
         self.retention = retention_days * 86400
         self.scripts = Scripts(redis, self.keys)

@@ -83,7 +83,7 @@ def test_a_long_outage_records_missed_runs_and_sends_only_the_latest(any_store: 
 
     dispatch_due(any_store, recorder, later, 100)  # type: ignore[arg-type]
 
-    instances, total = any_store.list_instances(event_id, 0, 100)
+    instances, _ = any_store.list_instances(event_id, 0, 100)
     statuses = Counter(i.status for i in instances)
     assert statuses == {"missed": 10, "queued": 1}
     assert len(recorder.published) == 1
