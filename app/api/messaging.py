@@ -12,17 +12,19 @@ from marshmallow import Schema
 from marshmallow import ValidationError as SchemaError
 
 from app.api.common import authenticate, flatten_errors, services
-from app.api.schemas import EventBody, EventsBody, PageBody, UidBody
+from app.api.schemas import EventBody, EventsBody, ListBody, PageBody, SendBody, UidBody, UpdateBody
 from app.core.clock import isoformat
 from app.core.errors import (
     Conflict,
+    DispatchError,
     NotFound,
     SendbeatError,
     UidTaken,
     Unauthorized,
     ValidationError,
 )
-from app.core.events import create_events
+from app.core.events import create_events, update_event
+from app.core.events import send_message as queue_message
 
 bp = Blueprint("messaging", __name__)
 
@@ -118,6 +120,8 @@ def render_error(exc: SendbeatError) -> Response:
         return error(400, "bad_request", exc.message, exc.errors, uid=exc.uid)
     if isinstance(exc, Conflict):
         return error(409, "conflict", exc.message, uid=uid)
+    if isinstance(exc, DispatchError):
+        return error(500, "internal_error", exc.message, uid=uid)
     if isinstance(exc, ValidationError):
         return error(400, "bad_request", exc.message, exc.errors, uid=uid)
     return error(500, "internal_error", exc.message, uid=uid)
@@ -173,3 +177,49 @@ def list_scheduled_event_instances(body: dict[str, Any], project_id: str) -> Res
             "total": total,
         },
     )
+
+
+@method("update_scheduled_event")
+def update_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
+    data = load(UpdateBody(), body)
+    svc = services()
+    event = svc.store.event_by_uid(project_id, data["uid"])
+    event = update_event(svc.store, event, data["changes"], svc.clock())
+    # PostageApp answers the schedule as "frequency" too.
+    return ok(event.uid, {**event.record(), "frequency": event.schedule})
+
+
+@method("delete_scheduled_event")
+def delete_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
+    uid = load(UidBody(), body)["uid"]
+    store = services().store
+    store.delete_event(store.event_by_uid(project_id, uid))
+    return ok(uid, {"uid": uid, "deleted": True})
+
+
+@method("list_scheduled_events")
+def list_scheduled_events(body: dict[str, Any], project_id: str) -> Response:
+    data = load(ListBody(), body)
+    page, per_page = data["page"], data["per_page"]
+    events, total = services().store.list_events(
+        project_id, (page - 1) * per_page, per_page, data["status"]
+    )
+    return ok(
+        body.get("uid"),
+        {
+            "scheduled_events": [e.record() for e in events],
+            "page": page,
+            "per_page": per_page,
+            "total": total,
+        },
+    )
+
+
+@method("send_message")
+def send_message(body: dict[str, Any], project_id: str) -> Response:
+    data = load(SendBody(), body)
+    svc = services()
+    instance = queue_message(
+        svc.store, svc.publisher, project_id, data["arguments"], data["uid"], svc.clock()
+    )
+    return ok(data["uid"], {"message": {"id": instance.id, "status": instance.status}})

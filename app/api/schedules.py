@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from marshmallow import ValidationError as SchemaError
 
-from app.api.common import authenticate, services
+from app.api.common import authenticate, flatten_errors, services
+from app.api.schemas import SchedulePage
 from app.core.errors import (
     Conflict,
     DispatchError,
@@ -17,7 +21,8 @@ from app.core.errors import (
     Unauthorized,
     ValidationError,
 )
-from app.core.events import trigger
+from app.core.events import set_paused, trigger
+from app.core.message import recipients_of
 from app.core.store import Event
 
 bp = Blueprint("schedules", __name__)
@@ -41,20 +46,18 @@ def problem(status: int, detail: str) -> Response:
 View = Callable[..., Response]
 
 
-def route(path: str, allowed: str) -> Callable[[View], View]:
-    """Register a view on both base paths; any other HTTP method is "Invalid method"."""
+def route(path: str, **views: View) -> None:
+    """Register a path on both base paths with one view per HTTP method; any other
+    method on a known path is "Invalid method" (400, as the seed says, not 405)."""
 
-    def register(view: View) -> View:
-        def guarded(**kwargs: str) -> Response:
-            if request.method != allowed:
-                raise InvalidMethod("Invalid method")
-            return view(**kwargs)
+    def dispatch(**kwargs: str) -> Response:
+        view = views.get(request.method.lower())
+        if view is None:
+            raise InvalidMethod("Invalid method")
+        return view(**kwargs)
 
-        for index, base in enumerate(BASES):
-            bp.add_url_rule(base + path, f"{view.__name__}_{index}", guarded, methods=ALL_METHODS)
-        return view
-
-    return register
+    for index, base in enumerate(BASES):
+        bp.add_url_rule(base + path, f"{path}-{index}", dispatch, methods=ALL_METHODS)
 
 
 def find_event(schedule_id: str) -> Event:
@@ -82,8 +85,102 @@ def render_error(exc: SendbeatError) -> Response:
     return problem(500, exc.message)
 
 
-@route("/<schedule_id>/trigger", "POST")
 def trigger_schedule(schedule_id: str) -> Response:
     svc = services()
     trigger(svc.store, svc.publisher, find_event(schedule_id), svc.clock())
+    return success()
+
+
+def get_schedule(schedule_id: str) -> Response:
+    return jsonify(find_event(schedule_id).record())
+
+
+def delete_schedule(schedule_id: str) -> Response:
+    services().store.delete_event(find_event(schedule_id))
+    return success()
+
+
+def pause_schedule(schedule_id: str) -> Response:
+    svc = services()
+    set_paused(svc.store, find_event(schedule_id), True, svc.clock())
+    return success()
+
+
+def resume_schedule(schedule_id: str) -> Response:
+    svc = services()
+    set_paused(svc.store, find_event(schedule_id), False, svc.clock())
+    return success()
+
+
+def schedule_recipients(schedule_id: str) -> Response:
+    arguments = find_event(schedule_id).metadata.get("arguments") or {}
+    emails = recipients_of(arguments)
+    return jsonify({"recipients": [{"email": e} for e in emails], "total": len(emails)})
+
+
+def schedule_executions(schedule_id: str) -> Response:
+    event = find_event(schedule_id)
+    offset, size = page_request()
+    instances, total = services().store.list_instances(event.id, offset, size)
+    return page([i.record() for i in instances], offset, size, total)
+
+
+def list_schedules() -> Response:
+    project_id = authenticate()
+    offset, size = page_request()
+    events, total = services().store.list_events(project_id, offset, size)
+    return page([e.record() for e in events], offset, size, total)
+
+
+def success() -> Response:
     return jsonify({"success": True})
+
+
+def page_request() -> tuple[int, int]:
+    """(offset, page size) from ``cursor`` and ``pageSize``; the cursor is opaque."""
+    try:
+        query = SchedulePage().load(request.args.to_dict())
+    except SchemaError as exc:
+        name, messages = next(iter(exc.messages.items()))  # type: ignore[union-attr]
+        raise ValidationError(f"Bad Request: {name}: {flatten_errors(messages)[0]}") from None
+    cursor = query["cursor"]
+    return (decode_cursor(cursor) if cursor else 0), query["pageSize"]
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        offset = int(base64.urlsafe_b64decode(cursor.encode()).decode().removeprefix("o:"))
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("Bad Request: cursor: Invalid cursor") from None
+    if offset < 0:
+        raise ValidationError("Bad Request: cursor: Invalid cursor")
+    return offset
+
+
+def encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
+
+
+def page(records: list[Any], offset: int, size: int, total: int) -> Response:
+    more = offset + size < total
+    return jsonify(
+        {
+            "pageInfo": {
+                "hasNextPage": more,
+                "nextCursor": encode_cursor(offset + size) if more else None,
+                "pageSize": size,
+                "totalRecords": total,
+            },
+            "records": records,
+        }
+    )
+
+
+route("", get=list_schedules)
+route("/", get=list_schedules)
+route("/<schedule_id>", get=get_schedule, delete=delete_schedule)
+route("/<schedule_id>/trigger", post=trigger_schedule)
+route("/<schedule_id>/pause", put=pause_schedule)
+route("/<schedule_id>/resume", put=resume_schedule)
+route("/<schedule_id>/recipients", get=schedule_recipients)
+route("/<schedule_id>/executions", get=schedule_executions)

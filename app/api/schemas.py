@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
 
-from app.core.events import EventSpec
+from app.core.events import EventChanges, EventSpec
 
 
 class Body(Schema):
@@ -75,3 +75,41 @@ class PageBody(UidBody):
     per_page = fields.Integer(
         load_default=250, strict=True, validate=validate.Range(min=1, max=1000)
     )
+
+
+class UpdateBody(UidBody):
+    schedule = fields.String(validate=validate.Length(min=1, max=255))
+    timezone = fields.String(validate=validate.Length(min=1, max=64))
+    metadata = fields.Nested(SendRequest)
+    status = fields.String(validate=validate.OneOf(["active", "suspend"]))
+    catchup_window = fields.Integer(strict=True, validate=validate.Range(min=0, max=366 * 86400))
+    overlap = fields.String(validate=validate.OneOf(["skip", "allow"]))
+    retries = fields.Integer(strict=True, validate=validate.Range(min=0, max=50))
+
+    @post_load
+    def to_changes(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        uid = data.pop("uid")
+        data.pop("api_key", None)
+        return {"uid": uid, "changes": EventChanges(**data)}
+
+
+class ListBody(Body):
+    page = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1))
+    per_page = fields.Integer(
+        load_default=250, strict=True, validate=validate.Range(min=1, max=1000)
+    )
+    status = fields.String(
+        load_default=None, validate=validate.OneOf(["activated", "suspend", "completed"])
+    )
+
+
+class SendBody(Body):
+    uid = fields.String(load_default=None, validate=validate.Length(min=1, max=255))
+    arguments = fields.Dict(required=True)
+
+
+class SchedulePage(Schema):
+    """Query string of the schedules dialect's lists."""
+
+    cursor = fields.String(load_default=None)
+    pageSize = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))

@@ -107,6 +107,7 @@ def build_event(
         overlap=spec.overlap,
         retries=defaults.retries if spec.retries is None else spec.retries,
         scheduled_at=scheduled_at,
+        run_at=scheduled_at if schedule.event_type == "one_time" else None,
     )
     return event, schedule
 
@@ -230,3 +231,116 @@ def republish_unconfirmed(store: Store, publisher: Publisher, now: datetime, age
     publisher.publish(ids)
     store.published(ids)
     return len(ids)
+
+
+@dataclass(frozen=True)
+class EventChanges:
+    """An update_scheduled_event request: only the fields given change."""
+
+    schedule: str | None = None
+    timezone: str | None = None
+    metadata: dict[str, Any] | None = None
+    status: str | None = None  # "active" or "suspend"
+    catchup_window: int | None = None
+    overlap: str | None = None
+    retries: int | None = None
+
+
+def update_event(store: Store, event: Event, changes: EventChanges, now: datetime) -> Event:
+    """Apply the changes; a new schedule or timezone recomputes the next run."""
+    stamp = epoch(now)
+    errors: list[str] = []
+    schedule_changed = changes.schedule is not None or changes.timezone is not None
+    if schedule_changed:
+        event.schedule = changes.schedule or event.schedule
+        event.timezone = changes.timezone or event.timezone
+        try:
+            schedule = parse_schedule(event.schedule, event.timezone, now=now)
+            event.event_type = schedule.event_type
+            event.scheduled_at = next_run(schedule, now)
+            event.run_at = event.scheduled_at if event.event_type == "one_time" else None
+        except InvalidSchedule as exc:
+            field_name = "timezone" if "timezone" in exc.message.lower() else "schedule"
+            errors.append(f"{field_name}: {exc.message}")
+    if changes.metadata is not None:
+        try:
+            validate_arguments(changes.metadata.get("arguments"), path="metadata.arguments")
+        except ValidationError as exc:
+            errors.extend(exc.errors)
+        event.metadata = changes.metadata
+    if errors:
+        raise ValidationError(errors[0], errors)
+    for name in ("catchup_window", "overlap", "retries"):
+        value = getattr(changes, name)
+        if value is not None:
+            setattr(event, name, value)
+    reschedule = schedule_changed
+    if schedule_changed and event.status == "completed":
+        event.status = "activated"  # a finished one-time event given a new date runs again
+    if changes.status == "suspend" and event.status != "suspend":
+        suspend(store, event, stamp)
+        reschedule = True
+    elif changes.status == "active" and event.status == "suspend":
+        resume(event, now)
+        reschedule = True
+    event.updated_at = stamp
+    store.save_event(event, reschedule=reschedule)
+    if event.status != "activated":
+        event.scheduled_at = None
+    return event
+
+
+def suspend(store: Store, event: Event, stamp: int) -> None:
+    """Stop the event's runs and cancel its queued, unstarted executions."""
+    event.status, event.suspended_at = "suspend", stamp
+    store.cancel_queued(event.id)
+
+
+def resume(event: Event, now: datetime) -> None:
+    """Make the event due again from where it was paused. Beat then applies the
+    misfire policy: runs lost while paused are recorded ``missed``, and the latest
+    is sent late only when it is within the catch-up window."""
+    if event.event_type == "one_time":
+        event.scheduled_at = event.run_at
+    else:
+        schedule = parse_schedule(event.schedule, event.timezone, now=now)
+        paused = from_timestamp(event.suspended_at or epoch(now))
+        event.scheduled_at = next_run(schedule, paused)
+    event.status, event.suspended_at = "activated", None
+
+
+def set_paused(store: Store, event: Event, paused: bool, now: datetime) -> Event:
+    return update_event(store, event, EventChanges(status="suspend" if paused else "active"), now)
+
+
+def send_message(
+    store: Store,
+    publisher: Publisher,
+    project_id: str,
+    arguments: dict[str, Any],
+    uid: str | None,
+    now: datetime,
+) -> Instance:
+    """Queue one immediate message (trigger ``api``); a reused uid is refused."""
+    validate_arguments(arguments)
+    stamp = epoch(now)
+    instance = Instance(
+        id=new_id(),
+        project_id=project_id,
+        trigger="api",
+        status=InstanceStatus.QUEUED,
+        scheduled_for=stamp,
+        enqueued_at=stamp,
+        payload=arguments,
+    )
+    if uid is not None and not store.reserve_message_uid(project_id, uid, instance.id):
+        raise UidTaken(uid, f"Uid {uid} already exists. Assuming message duplication.")
+    store.add_instance(instance)
+    try:
+        publisher.publish([instance.id])
+    except DispatchError:
+        store.discard_instance(instance)
+        if uid is not None:
+            store.release_message_uid(project_id, uid)
+        raise
+    return instance

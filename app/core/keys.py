@@ -9,7 +9,8 @@ Key schema (``{p}`` is the configured prefix, ``SENDBEAT_KEY_PREFIX``, default
     {p}:project:{pid}:keys          SET   sha256 of each live API key
     {p}:apikey:{sha256}             HASH  project_id, prefix, created_at
     {p}:project:{pid}:uids          HASH  event uid -> event id
-    {p}:project:{pid}:events        ZSET  event id -> created (epoch s), for listing
+    {p}:project:{pid}:events        ZSET  event id -> creation sequence number, for listing
+    {p}:project:{pid}:event-seq     STRING the last creation sequence number
     {p}:project:{pid}:messages      HASH  send_message uid -> instance id (dedupe)
     {p}:event:{eid}                 HASH  the event (see ``app.core.store``)
     {p}:event:{eid}:instances       ZSET  instance id -> scheduled_for (epoch s), newest last
@@ -53,6 +54,9 @@ class Keys:
 
     def project_events(self, project_id: str) -> str:
         return f"{self.prefix}:project:{project_id}:events"
+
+    def event_sequence(self, project_id: str) -> str:
+        return f"{self.prefix}:project:{project_id}:event-seq"
 
     def message_uids(self, project_id: str) -> str:
         return f"{self.prefix}:project:{project_id}:messages"

@@ -72,6 +72,8 @@ class Event:
     retries: int = 5
     run_count: int = 0
     last_run: dict[str, Any] | None = None
+    suspended_at: int | None = None
+    run_at: int | None = None  # a one-time event's run, kept while it is suspended
     scheduled_at: int | None = None  # read from the due index, never stored in the hash
 
     def record(self) -> dict[str, Any]:
@@ -120,6 +122,8 @@ class Event:
             "retries": self.retries,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "suspended_at": "" if self.suspended_at is None else self.suspended_at,
+            "run_at": "" if self.run_at is None else self.run_at,
         }
 
     @classmethod
@@ -140,6 +144,8 @@ class Event:
             updated_at=int(raw["updated_at"]),
             run_count=int(raw.get("run_count", 0)),
             last_run=json.loads(raw["last_run"]) if raw.get("last_run") else None,
+            suspended_at=int(raw["suspended_at"]) if raw.get("suspended_at") else None,
+            run_at=int(raw["run_at"]) if raw.get("run_at") else None,
             scheduled_at=None if scheduled_at is None else int(scheduled_at),
         )
 
@@ -347,6 +353,9 @@ class Store:
             return
         project_id = events[0].project_id
         uids_key = self.keys.uids(project_id)
+        # Creation order for listing: a sequence, since many events share one second.
+        last = self.redis.incrby(self.keys.event_sequence(project_id), len(events))
+        first = last - len(events) + 1
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -356,22 +365,42 @@ class Store:
                         if existing:
                             raise UidTaken(event.uid, "Could not create scheduled event.")
                     pipe.multi()
-                    for event in events:
+                    for number, event in enumerate(events, start=first):
                         self._write_event(pipe, event)
                         pipe.hset(uids_key, event.uid, event.id)
-                        pipe.zadd(
-                            self.keys.project_events(project_id), {event.id: event.created_at}
-                        )
+                        pipe.zadd(self.keys.project_events(project_id), {event.id: number})
                     pipe.execute()
                     return
                 except WatchError:
                     continue
 
-    def save_event(self, event: Event) -> None:
-        """Write an existing event's definition and its place in the due index."""
+    def save_event(self, event: Event, *, reschedule: bool) -> None:
+        """Write an event's definition; with ``reschedule`` also its place in the due index.
+
+        Without it the due index is left alone: beat may have just moved the score to
+        the next run, and writing back the score read earlier would claim an occurrence
+        twice.
+        """
         pipe = self.redis.pipeline(transaction=True)
-        self._write_event(pipe, event)
+        if reschedule:
+            self._write_event(pipe, event)
+        else:
+            pipe.hset(self.keys.event(event.id), mapping=event.to_hash())
         pipe.execute()
+
+    def cancel_queued(self, event_id: str) -> list[str]:
+        """Cancel the event's queued, unstarted executions; return their ids."""
+        queued = self._queued_instances(event_id)
+        pipe = self.redis.pipeline(transaction=True)
+        self._cancel(pipe, event_id, queued)
+        pipe.execute()
+        return queued
+
+    def _cancel(self, pipe: Any, event_id: str, instance_ids: list[str]) -> None:
+        for iid in instance_ids:
+            pipe.hset(self.keys.instance(iid), "status", InstanceStatus.CANCELLED)
+            pipe.zrem(self.keys.pending, iid)
+            pipe.srem(self.keys.event_active(event_id), iid)
 
     def _write_event(self, pipe: Any, event: Event) -> None:
         pipe.hset(self.keys.event(event.id), mapping=event.to_hash())
@@ -388,9 +417,7 @@ class Store:
         pipe.delete(self.keys.event(event.id), self.keys.event_active(event.id))
         pipe.hdel(self.keys.uids(event.project_id), event.uid)
         pipe.zrem(self.keys.project_events(event.project_id), event.id)
-        for iid in queued:
-            pipe.hset(self.keys.instance(iid), "status", InstanceStatus.CANCELLED)
-            pipe.zrem(self.keys.pending, iid)
+        self._cancel(pipe, event.id, queued)
         pipe.execute()
         return queued
 
@@ -428,10 +455,12 @@ class Store:
         self, project_id: str, offset: int, limit: int, status: str | None = None
     ) -> tuple[list[Event], int]:
         """A page of the project's events, oldest first, and the total that match."""
-        ids = self.redis.zrange(self.keys.project_events(project_id), 0, -1)
-        events = [e for e in self._events(ids) if e is not None]
-        if status is not None:
-            events = [e for e in events if e.status == status]
+        key = self.keys.project_events(project_id)
+        if status is None:
+            ids = self.redis.zrange(key, offset, offset + limit - 1)
+            return [e for e in self._events(ids) if e is not None], self.redis.zcard(key)
+        events = [e for e in self._events(self.redis.zrange(key, 0, -1)) if e is not None]
+        events = [e for e in events if e.status == status]
         return events[offset : offset + limit], len(events)
 
     # -- the due index (beat) ------------------------------------------------------
