@@ -338,3 +338,20 @@ def test_list_instances_is_empty_for_a_new_event(api: Api) -> None:
         "per_page": 250,
         "total": 0,
     }
+
+
+def test_an_unknown_timezone_is_a_400_naming_the_field(api: Api) -> None:
+    response = api.call("create_scheduled_event", event_body("tz", timezone="Mars/Olympus"))
+
+    assert response.status_code == 400
+    assert response.get_json()["data"]["errors"] == ["timezone: Unknown timezone 'Mars/Olympus'"]
+
+
+def test_wall_clock_schedules_follow_the_event_timezone(api: Api) -> None:
+    body = event_body("ny", schedule="every day at 9am", timezone="America/New_York", preview=True)
+
+    record = api.call("create_scheduled_event", body).get_json()["data"]
+
+    assert record["timezone"] == "America/New_York"
+    assert record["scheduled_at"] == "2019-01-05T14:00:00+00:00"  # 09:00 EST, in UTC
+    assert record["next_runs"][:2] == ["2019-01-05T14:00:00+00:00", "2019-01-06T14:00:00+00:00"]

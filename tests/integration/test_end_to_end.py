@@ -176,3 +176,49 @@ def test_two_beats_send_each_occurrence_exactly_once(
     emails = Counter(m.message["X-Sendbeat-Instance"] for m in smtp.messages)
     assert set(emails) == {i["uid"] for i in instances}
     assert set(emails.values()) == {1}  # each occurrence's email arrived once
+
+
+def test_send_message_with_every_recipient_form_variables_and_a_yaml_ref(
+    web: Web, processes: Processes, smtp: SmtpSink, files: FileServer
+) -> None:
+    files.files["/vars.yaml"] = b"greeting: Hello\nproduct: sendbeat\n"
+    processes.worker()
+    content = {
+        "text/plain": "{{greeting}} {{name}}, welcome to {{product}}.",
+        "text/html": "<p>{{greeting}} <b>{{name}}</b>, welcome to {{product}}.</p>",
+    }
+    yaml_vars = {"$ref": files.url("/vars.yaml"), "$type": "application/yaml"}
+    forms: list[Any] = [
+        "a@example.com, b@example.com",
+        ["c@example.com"],
+        {"d@example.com": {"name": "Dora"}, "e@example.com": {"name": "Emil", "greeting": "Hi"}},
+    ]
+    for n, recipients in enumerate(forms):
+        args = {
+            "recipients": recipients,
+            "headers": {"from": "Sendbeat <me@example.com>", "subject": "{{greeting}} {{name}}"},
+            "content": content,
+            # The first two fetch their variables from YAML when they are sent.
+            "variables": yaml_vars if n < 2 else {"greeting": "Hello", "product": "sendbeat"},
+        }
+        response = web.call("send_message", {"uid": f"msg-{n}", "arguments": args})
+        assert response.status_code == 200, response.get_json()
+
+    received = smtp.wait_for(5, timeout=20)
+
+    by_rcpt = {r.rcpt_tos[0]: r.message for r in received}
+    assert sorted(by_rcpt) == [f"{c}@example.com" for c in "abcde"]
+    assert len(received) == 5
+    dora, emil = by_rcpt["d@example.com"], by_rcpt["e@example.com"]
+    assert dora["Subject"] == "Hello Dora"
+    assert emil["Subject"] == "Hi Emil"  # a recipient's own variables win
+    assert dora.get_body(("plain",)).get_content().strip() == "Hello Dora, welcome to sendbeat."
+    assert emil.get_body(("html",)).get_content().strip() == (
+        "<p>Hi <b>Emil</b>, welcome to sendbeat.</p>"
+    )
+    plain = by_rcpt["a@example.com"]
+    # Variables fetched from YAML at send time; an unknown placeholder stays as written.
+    assert plain["Subject"] == "Hello {{name}}"
+    assert plain.get_content_type() == "multipart/alternative"
+    assert plain["To"] == "a@example.com" and plain["From"] == "Sendbeat <me@example.com>"
+    assert files.hits.count("/vars.yaml") == 2  # once per message that referenced it
