@@ -12,7 +12,7 @@ from datetime import datetime
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app.api import messaging, schedules
+from app.api import messaging, openapi, schedules
 from app.api.common import Services
 from app.cli import project_cli
 from app.core.clock import now
@@ -41,10 +41,13 @@ def create_app(
         Keys(settings.key_prefix),
         retention_days=settings.retention_days,
     )
-    publisher = publisher or Publisher(settings.effective_broker_url, settings.queue)
+    publisher = publisher or Publisher(
+        settings.effective_broker_url, settings.queue, store_url=settings.redis_url
+    )
     app.extensions["sendbeat"] = Services(settings, store, publisher, clock)
     app.register_blueprint(messaging.bp)
     app.register_blueprint(schedules.bp)
+    app.register_blueprint(openapi.bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
     app.cli.add_command(project_cli)

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from app.core.clock import now
 from app.core.errors import DispatchError
-from app.core.events import dispatch_due, republish_unconfirmed
+from app.core.events import dispatch_due, release_waiting
 from workers.context import context_for
 
 log = logging.getLogger("sendbeat.beat")
@@ -27,7 +27,6 @@ UNCONFIRMED_AFTER = 30
 class SendbeatScheduler(Scheduler):
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self._context = context_for(app.sendbeat_settings)
-        self._last_recovery = 0.0
         super().__init__(app, *args, **kwargs)
 
     def setup_schedule(self) -> None:
@@ -39,7 +38,7 @@ class SendbeatScheduler(Scheduler):
         store = self._context.store
         try:
             due = dispatch_due(store, self._context.publisher, now(), settings.beat_batch_size)
-            self._recover()
+            self._release()
             store.heartbeat(time.time())
             next_at = store.next_due_at()
         except (RedisError, DispatchError) as exc:
@@ -51,15 +50,12 @@ class SendbeatScheduler(Scheduler):
             return settings.beat_max_sleep
         return max(0.0, min(settings.beat_max_sleep, next_at - time.time()))
 
-    def _recover(self) -> None:
-        if time.monotonic() - self._last_recovery < UNCONFIRMED_AFTER / 3:
-            return
-        self._last_recovery = time.monotonic()
-        count = republish_unconfirmed(
-            self._context.store, self._context.publisher, now(), UNCONFIRMED_AFTER
+    def _release(self) -> None:
+        count = release_waiting(
+            self._context.store, self._context.publisher, now(), unconfirmed=UNCONFIRMED_AFTER
         )
         if count:
-            log.warning("published again %d claimed executions whose publish was lost", count)
+            log.info("published %d waiting executions (retries, lost leases or publishes)", count)
 
     def close(self) -> None:
         self._context.publisher.close()

@@ -7,10 +7,6 @@ from celery import Celery
 from app.core.publisher import task_queue
 from app.core.settings import Settings
 
-# How long a worker may hold an execution before another may take it over: it
-# bounds one send (remote content + SMTP), so it is well above their timeouts.
-SEND_LEASE_SECONDS = 300
-
 
 def create_celery(settings: Settings) -> Celery:
     celery = Celery("sendbeat", broker=settings.effective_broker_url, set_as_current=True)
@@ -26,6 +22,10 @@ def create_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
+        # A message a dead worker had reserved but not started comes back after this.
+        # No task waits in the broker (retries wait in Redis), so it can be short; a
+        # copy delivered while the first still runs is skipped by start.lua.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         beat_scheduler="workers.beat:SendbeatScheduler",
         beat_max_loop_interval=settings.beat_max_sleep,
         worker_hijack_root_logger=False,

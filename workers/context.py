@@ -42,6 +42,8 @@ def context_for(settings: Settings) -> Context:
             Keys(settings.key_prefix),
             retention_days=settings.retention_days,
         )
-        publisher = Publisher(settings.effective_broker_url, settings.queue)
+        publisher = Publisher(
+            settings.effective_broker_url, settings.queue, store_url=settings.redis_url
+        )
         _contexts[key] = Context(settings, store, publisher)
     return _contexts[key]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,8 +61,9 @@ def run_instance(
         result = _deliver(store, transport, settings, instance, arguments, clock)
     except TransientDeliveryError as exc:
         if attempts <= retries:
-            store.retry_instance(instance.id, exc.message)
-            return Outcome(InstanceStatus.RETRYING, retry_in=backoff(attempts))
+            delay = backoff(attempts)
+            store.retry_instance(instance.id, exc.message, time.time() + delay)
+            return Outcome(InstanceStatus.RETRYING, retry_in=delay)
         return _fail(store, instance, exc.message, clock)
     except (PermanentDeliveryError, InvalidMessage) as exc:
         return _fail(store, instance, exc.message, clock)

@@ -7,17 +7,20 @@ from typing import Any
 from celery import shared_task
 
 from app.core.publisher import SEND_MESSAGE_TASK
-from workers.celery_app import SEND_LEASE_SECONDS
 from workers.context import context_for
 from workers.sending import run_instance
 
 
-@shared_task(name=SEND_MESSAGE_TASK, bind=True, max_retries=None)
+@shared_task(name=SEND_MESSAGE_TASK, bind=True)
 def send_message(self: Any, instance_id: str) -> str:
     context = context_for(self.app.sendbeat_settings)
     outcome = run_instance(
-        context.store, context.transport, context.settings, instance_id, lease=SEND_LEASE_SECONDS
+        context.store,
+        context.transport,
+        context.settings,
+        instance_id,
+        lease=context.settings.send_lease,
     )
-    if outcome.retry_in is not None:
-        raise self.retry(countdown=outcome.retry_in)
+    # A retry waits in Redis ({p}:retry) and beat publishes it when due: no broker ETA,
+    # so no re-delivery when a long countdown outlives the visibility timeout.
     return outcome.status

@@ -23,7 +23,7 @@ from app.core.errors import (
     Unauthorized,
     ValidationError,
 )
-from app.core.events import create_events, update_event
+from app.core.events import create_events, epoch, update_event
 from app.core.events import send_message as queue_message
 
 bp = Blueprint("messaging", __name__)
@@ -193,7 +193,7 @@ def update_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
 def delete_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
     uid = load(UidBody(), body)["uid"]
     store = services().store
-    store.delete_event(store.event_by_uid(project_id, uid))
+    store.delete_event(store.event_by_uid(project_id, uid), epoch(services().clock()))
     return ok(uid, {"uid": uid, "deleted": True})
 
 

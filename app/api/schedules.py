@@ -21,7 +21,7 @@ from app.core.errors import (
     Unauthorized,
     ValidationError,
 )
-from app.core.events import set_paused, trigger
+from app.core.events import epoch, set_paused, trigger
 from app.core.message import recipients_of
 from app.core.store import Event
 
@@ -96,7 +96,8 @@ def get_schedule(schedule_id: str) -> Response:
 
 
 def delete_schedule(schedule_id: str) -> Response:
-    services().store.delete_event(find_event(schedule_id))
+    svc = services()
+    svc.store.delete_event(find_event(schedule_id), epoch(svc.clock()))
     return success()
 
 

@@ -1,4 +1,5 @@
-"""marshmallow schemas for the request bodies of both dialects."""
+"""marshmallow schemas for the request bodies of both dialects, and the response schemas
+that only document what the API answers (``app.api.openapi`` turns both into OpenAPI)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ class Body(Schema):
     class Meta:
         unknown = EXCLUDE  # api_key and fields of other PostageApp clients are ignored
 
-    api_key = fields.String(load_default=None)
+    api_key = fields.String(
+        load_default=None,
+        metadata={
+            "description": "The project's API key; may be sent as "
+            "`Authorization: Bearer <key>` instead."
+        },
+    )
 
 
 class SendRequest(Schema):
@@ -22,20 +29,44 @@ class SendRequest(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    arguments = fields.Dict(required=True)
+    arguments = fields.Dict(
+        required=True, metadata={"description": "The send_message fields (see messages.md)."}
+    )
 
 
 class EventBody(Body):
-    uid = fields.String(load_default=None, validate=validate.Length(min=1, max=255))
-    schedule = fields.String(required=True, validate=validate.Length(min=1, max=255))
-    timezone = fields.String(load_default="UTC", validate=validate.Length(min=1, max=64))
+    uid = fields.String(
+        load_default=None,
+        validate=validate.Length(min=1, max=255),
+        metadata={"description": "Unique per project; a new UUID when left out."},
+    )
+    schedule = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=255),
+        metadata={"description": "See schedules.md.", "example": "every 5 mins"},
+    )
+    timezone = fields.String(
+        load_default="UTC",
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": "An IANA time zone."},
+    )
     metadata = fields.Nested(SendRequest, required=True)
     catchup_window = fields.Integer(
-        load_default=None, strict=True, validate=validate.Range(min=0, max=366 * 86400)
+        load_default=None,
+        strict=True,
+        validate=validate.Range(min=0, max=366 * 86400),
+        metadata={"description": "Seconds; the server's default when left out."},
     )
     overlap = fields.String(load_default="skip", validate=validate.OneOf(["skip", "allow"]))
-    retries = fields.Integer(load_default=None, strict=True, validate=validate.Range(min=0, max=50))
-    preview = fields.Boolean(load_default=False)
+    retries = fields.Integer(
+        load_default=None,
+        strict=True,
+        validate=validate.Range(min=0, max=50),
+        metadata={"description": "The server's default when left out."},
+    )
+    preview = fields.Boolean(
+        load_default=False, metadata={"description": "Add `next_runs`, the next five runs."}
+    )
 
     @post_load
     def to_spec(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
@@ -111,5 +142,296 @@ class SendBody(Body):
 class SchedulePage(Schema):
     """Query string of the schedules dialect's lists."""
 
-    cursor = fields.String(load_default=None)
+    cursor = fields.String(
+        load_default=None,
+        metadata={"description": "The previous page's `pageInfo.nextCursor`; opaque."},
+    )
     pageSize = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+
+
+# -- response schemas ----------------------------------------------------------------------
+# Never used to load or dump: they describe, for the OpenAPI document, the dicts that
+# Event.record(), Event.summary() and Instance.record() build. marshmallow's default
+# ``unknown = RAISE`` makes apispec write ``additionalProperties: false``, so a key the
+# API adds without documenting it fails the tests that check real answers against them.
+
+EVENT_STATUSES = ["activated", "suspend", "completed"]
+EVENT_TYPES = ["repeatable", "one_time"]
+TRIGGERS = ["schedule", "manual", "api"]
+INSTANCE_STATUSES = [
+    "queued",
+    "running",
+    "retrying",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "missed",
+    "skipped",
+]
+MESSAGING_ERROR_CODES = [
+    "bad_request",
+    "unauthorized",
+    "not_found",
+    "invalid_json",
+    "invalid_utf8",
+    "conflict",
+    "too_large",
+    "internal_error",
+]
+SCIM_ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"
+
+
+def _when(description: str, *, required: bool = True) -> fields.DateTime:
+    """An ISO 8601 UTC time (``null`` unless ``required``)."""
+    return fields.DateTime(
+        required=required, allow_none=not required, metadata={"description": description}
+    )
+
+
+class InstanceSummary(Schema):
+    """An event's ``last_run``."""
+
+    uid = fields.String(required=True, metadata={"description": "The execution id."})
+    trigger = fields.String(required=True, validate=validate.OneOf(TRIGGERS))
+    status = fields.String(required=True, validate=validate.OneOf(INSTANCE_STATUSES))
+    scheduled_for = _when("When the occurrence was due.")
+    completed_at = _when("When the execution finished.", required=False)
+
+
+class EventRecord(Schema):
+    """The event record (``Event.record()``), as both dialects return it."""
+
+    uid = fields.String(required=True, metadata={"description": "Unique per project."})
+    id = fields.UUID(
+        required=True, metadata={"description": "The schedules dialect's `scheduleId`."}
+    )
+    status = fields.String(required=True, validate=validate.OneOf(EVENT_STATUSES))
+    schedule = fields.String(required=True, metadata={"example": "every 5 mins"})
+    event_type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
+    timezone = fields.String(required=True, metadata={"example": "UTC"})
+    scheduled_at = _when("The next run in UTC; null when there is none.", required=False)
+    metadata = fields.Nested(SendRequest, required=True)
+    created_at = _when("When the event was created.")
+    updated_at = _when("When the event was last changed.")
+    run_count = fields.Integer(required=True)
+    last_run = fields.Nested(InstanceSummary, required=True, allow_none=True)
+    catchup_window = fields.Integer(required=True, metadata={"description": "Seconds."})
+    overlap = fields.String(required=True, validate=validate.OneOf(["skip", "allow"]))
+    retries = fields.Integer(required=True)
+
+
+class PreviewedEventRecord(EventRecord):
+    """create_scheduled_event's record; ``next_runs`` only with ``"preview": true``."""
+
+    next_runs = fields.List(
+        fields.DateTime(), metadata={"description": "The next five runs, in UTC."}
+    )
+
+
+class UpdatedEventRecord(EventRecord):
+    """update_scheduled_event's record, which repeats the schedule as ``frequency``."""
+
+    frequency = fields.String(required=True)
+
+
+class EventSummary(Schema):
+    """One entry of create_scheduled_events' ``response.message`` (``Event.summary()``)."""
+
+    uid = fields.String(required=True)
+    id = fields.UUID(metadata={"description": "sendbeat adds the event's id to the seed's shape."})
+    status = fields.String(required=True, validate=validate.OneOf(EVENT_STATUSES))
+    schedule = fields.String(required=True)
+    event_type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
+    scheduled_at = _when("The next run in UTC.", required=False)
+
+
+class DeliveryResult(Schema):
+    message_id = fields.String(required=True, allow_none=True)
+    accepted = fields.List(fields.String(), required=True)
+    rejected = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        required=True,
+        metadata={"description": "Address -> the mail server's reason."},
+    )
+
+
+class InstanceRecord(Schema):
+    """One execution record (``Instance.record()``)."""
+
+    uid = fields.String(required=True, metadata={"description": "The execution id."})
+    event_uid = fields.String(required=True, allow_none=True)
+    event_id = fields.UUID(required=True, allow_none=True)
+    trigger = fields.String(required=True, validate=validate.OneOf(TRIGGERS))
+    status = fields.String(required=True, validate=validate.OneOf(INSTANCE_STATUSES))
+    scheduled_for = _when("When the occurrence was due.")
+    enqueued_at = _when("When it was handed to the broker.")
+    started_at = _when("When a worker started it.", required=False)
+    completed_at = _when("When it finished.", required=False)
+    attempts = fields.Integer(required=True)
+    error = fields.String(required=True, allow_none=True)
+    result = fields.Nested(DeliveryResult, required=True, allow_none=True)
+
+
+# The messaging dialect's envelopes.
+
+
+class OkStatus(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+    uid = fields.String(
+        required=True, allow_none=True, metadata={"description": "The request's uid."}
+    )
+
+
+class ErrorStatus(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(MESSAGING_ERROR_CODES))
+    uid = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The request's uid as it was sent, or null."},
+    )
+    message = fields.String(required=True)
+
+
+class ErrorList(Schema):
+    errors = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": 'One "field: what is wrong" per problem.'},
+    )
+
+
+class MessagingError(Schema):
+    """The messaging dialect's error envelope."""
+
+    response = fields.Nested(ErrorStatus, required=True)
+    data = fields.Nested(ErrorList, required=True)
+
+
+class EventReply(Schema):
+    response = fields.Nested(OkStatus, required=True)
+    data = fields.Nested(EventRecord, required=True)
+
+
+class PreviewedEventReply(Schema):
+    response = fields.Nested(OkStatus, required=True)
+    data = fields.Nested(PreviewedEventRecord, required=True)
+
+
+class UpdatedEventReply(Schema):
+    response = fields.Nested(OkStatus, required=True)
+    data = fields.Nested(UpdatedEventRecord, required=True)
+
+
+class BatchStatus(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+    message = fields.List(
+        fields.Nested(EventSummary), required=True, metadata={"description": "In request order."}
+    )
+
+
+class BatchReply(Schema):
+    """create_scheduled_events' answer: the list sits under ``response.message``, no data."""
+
+    response = fields.Nested(BatchStatus, required=True)
+
+
+class Deleted(Schema):
+    uid = fields.String(required=True)
+    deleted = fields.Boolean(required=True, validate=validate.OneOf([True]))
+
+
+class DeletedReply(Schema):
+    response = fields.Nested(OkStatus, required=True)
+    data = fields.Nested(Deleted, required=True)
+
+
+class EventList(Schema):
+    scheduled_events = fields.List(fields.Nested(EventRecord), required=True)
+    page = fields.Integer(required=True)
+    per_page = fields.Integer(required=True)
+    total = fields.Integer(required=True)
+
+
+class EventListReply(Schema):
+    response = fields.Nested(OkStatus, required=True)
+    data = fields.Nested(EventList, required=True)
+
+
+class InstanceList(Schema):
+    scheduled_event_instances = fields.List(
+        fields.Nested(InstanceRecord), required=True, metadata={"description": "Newest first."}
+    )
+    page = fields.Integer(required=True)
+    per_page = fields.Integer(required=True)
+    total = fields.Integer(required=True)
+
+
+class InstanceListReply(Schema):
+    response = fields.Nested(OkStatus, required=True)
+    data = fields.Nested(InstanceList, required=True)
+
+
+class QueuedMessage(Schema):
+    id = fields.String(required=True, metadata={"description": "The execution id."})
+    status = fields.String(required=True, validate=validate.OneOf(INSTANCE_STATUSES))
+
+
+class SentMessage(Schema):
+    message = fields.Nested(QueuedMessage, required=True)
+
+
+class SendReply(Schema):
+    response = fields.Nested(OkStatus, required=True)
+    data = fields.Nested(SentMessage, required=True)
+
+
+# The schedules dialect's answers.
+
+
+class ScimError(Schema):
+    """The schedules dialect's error envelope."""
+
+    detail = fields.String(required=True)
+    schemas = fields.List(
+        fields.String(validate=validate.OneOf([SCIM_ERROR_URN])),
+        required=True,
+        validate=validate.Length(equal=1),
+    )
+    status = fields.Integer(required=True, metadata={"description": "The HTTP status."})
+
+
+class Success(Schema):
+    success = fields.Boolean(required=True, validate=validate.OneOf([True]))
+
+
+class PageInfo(Schema):
+    hasNextPage = fields.Boolean(required=True)
+    nextCursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Give it as `cursor` for the next page; null on the last."},
+    )
+    pageSize = fields.Integer(required=True)
+    totalRecords = fields.Integer(required=True)
+
+
+class SchedulesPage(Schema):
+    pageInfo = fields.Nested(PageInfo, required=True)
+    records = fields.List(fields.Nested(EventRecord), required=True)
+
+
+class ExecutionsPage(Schema):
+    pageInfo = fields.Nested(PageInfo, required=True)
+    records = fields.List(
+        fields.Nested(InstanceRecord), required=True, metadata={"description": "Newest first."}
+    )
+
+
+class Recipient(Schema):
+    email = fields.String(required=True)
+
+
+class Recipients(Schema):
+    recipients = fields.List(fields.Nested(Recipient), required=True)
+    total = fields.Integer(required=True)

@@ -7,8 +7,10 @@ and the beat scheduler stay thin and tests pin the time.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from app.core.clock import from_timestamp
@@ -17,7 +19,7 @@ from app.core.message import validate_arguments
 from app.core.publisher import Publisher
 from app.core.schedules import Schedule, parse_schedule
 from app.core.scripts import Claim
-from app.core.store import Event, Instance, InstanceStatus, Store
+from app.core.store import DueEvent, Event, Instance, InstanceStatus, Store
 
 # A beat that was down for long must not walk every lost occurrence of a fine-grained
 # schedule one by one; past this many it records the most recent ones and jumps ahead.
@@ -171,43 +173,42 @@ def trigger(store: Store, publisher: Publisher, event: Event, now: datetime) -> 
     return instance
 
 
-def plan_claim(event: Event, now: int) -> Claim:
+def plan_claim(event: DueEvent, now: int, message: Callable[[str], str]) -> Claim:
     """Decide what to do with one due event: send its latest occurrence if it is within
     the catch-up window, record the older ones as missed, and find the next run."""
-    assert event.scheduled_at is not None
-    occurrences = [event.scheduled_at]
+    occurrences: tuple[int, ...] = (event.scheduled_at,)
     next_at: int | None = None
     if event.event_type == "repeatable":
-        schedule = parse_schedule(
-            event.schedule, event.timezone, now=from_timestamp(event.created_at)
-        )
-        next_at = _walk(schedule, occurrences, now)
+        occurrences, next_at = _occurrences(event.schedule, event.timezone, event.scheduled_at, now)
     latest = occurrences[-1]
     on_time = now - latest <= event.catchup_window
     missed = occurrences[:-1] if on_time else occurrences
+    send_id = new_id()
     return Claim(
         event_id=event.id,
         at=event.scheduled_at,
         next_at=next_at,
-        send=(new_id(), latest) if on_time else None,
+        send=(send_id, latest, message(send_id)) if on_time else None,
         missed=tuple((new_id(), at) for at in missed[-MAX_MISSED_PER_CLAIM:]),
     )
 
 
-def _walk(schedule: Schedule, occurrences: list[int], now: int) -> int | None:
-    """Append every further occurrence at or before ``now``; return the first after it."""
-    at = schedule.next_after(from_timestamp(occurrences[-1]))
+@lru_cache(maxsize=4096)
+def _occurrences(
+    text: str, timezone: str, scheduled_at: int, now: int
+) -> tuple[tuple[int, ...], int | None]:
+    """Every occurrence from ``scheduled_at`` up to ``now``, and the first run after it.
+    Cached: the many events that share a schedule and fall due together cost one walk."""
+    schedule = parse_schedule(text, timezone, now=from_timestamp(scheduled_at))
+    occurrences = [scheduled_at]
+    at = schedule.next_after(from_timestamp(scheduled_at))
     while at is not None and epoch(at) <= now:
         if len(occurrences) > MAX_MISSED_PER_CLAIM:
-            return _first_after(schedule, now)
+            at = schedule.next_after(from_timestamp(now))
+            break
         occurrences.append(epoch(at))
         at = schedule.next_after(at)
-    return None if at is None else epoch(at)
-
-
-def _first_after(schedule: Schedule, now: int) -> int | None:
-    at = schedule.next_after(from_timestamp(now))
-    return None if at is None else epoch(at)
+    return tuple(occurrences), None if at is None else epoch(at)
 
 
 def dispatch_due(store: Store, publisher: Publisher, now: datetime, limit: int) -> int:
@@ -217,20 +218,39 @@ def dispatch_due(store: Store, publisher: Publisher, now: datetime, limit: int) 
     events = store.due_events(stamp, limit)
     if not events:
         return 0
-    written = store.claim([plan_claim(e, stamp) for e in events], stamp)
-    queued = [iid for iid, status in written if status == InstanceStatus.QUEUED]
-    publisher.publish(queued)
-    store.published(queued)
+    claims = [plan_claim(e, stamp, publisher.message) for e in events]
+    written = store.claim(claims, stamp, publisher.direct_queue)
+    if publisher.direct_queue is None:
+        queued = [iid for iid, status in written if status == InstanceStatus.QUEUED]
+        publisher.publish(queued)
+        store.published(queued)
     return len(events)
 
 
-def republish_unconfirmed(store: Store, publisher: Publisher, now: datetime, age: int) -> int:
-    """Publish again what a beat claimed but did not confirm publishing (it died in
-    between). Workers start a record only once, so a second copy is harmless."""
-    ids = store.unpublished(epoch(now) - age)
-    publisher.publish(ids)
-    store.published(ids)
-    return len(ids)
+def release_waiting(store: Store, publisher: Publisher, now: datetime, *, unconfirmed: int) -> int:
+    """Publish what waits in Redis and is due: retries whose backoff ran out, executions
+    whose worker's lease ran out (it died mid-send), and claims whose publish was never
+    confirmed for ``unconfirmed`` seconds (a beat died in between). Workers start a
+    record only once, so a second copy of a task is harmless."""
+    stamp = epoch(now)
+    keys = store.keys
+    published = 0
+    for waiting, until in (
+        (keys.retry, stamp),
+        (keys.running, stamp),
+        (keys.pending, stamp - unconfirmed),
+    ):
+        ids = store.waiting(waiting, until)
+        if not ids:
+            continue
+        if publisher.direct_queue is not None:
+            messages = [(iid, publisher.message(iid)) for iid in ids]
+            published += store.publish_waiting(waiting, publisher.direct_queue, messages)
+        else:
+            publisher.publish(ids)
+            store.forget_waiting(waiting, ids)
+            published += len(ids)
+    return published
 
 
 @dataclass(frozen=True)
@@ -293,7 +313,7 @@ def update_event(store: Store, event: Event, changes: EventChanges, now: datetim
 def suspend(store: Store, event: Event, stamp: int) -> None:
     """Stop the event's runs and cancel its queued, unstarted executions."""
     event.status, event.suspended_at = "suspend", stamp
-    store.cancel_queued(event.id)
+    store.cancel_queued(event.id, stamp)
 
 
 def resume(event: Event, now: datetime) -> None:

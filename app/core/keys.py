@@ -20,6 +20,8 @@ Key schema (``{p}`` is the configured prefix, ``SENDBEAT_KEY_PREFIX``, default
     {p}:instance:{iid}              HASH  one execution record (§7), expires after the retention
     {p}:pending                     ZSET  instance id -> claimed at (epoch s): claimed,
                                           publish not yet confirmed
+    {p}:retry                       ZSET  instance id -> when its retry is due (epoch s)
+    {p}:running                     ZSET  instance id -> end of its worker's lease (epoch s)
     {p}:beat:heartbeat              STRING epoch s of the last beat tick
 """
 
@@ -80,6 +82,14 @@ class Keys:
     @property
     def pending(self) -> str:
         return f"{self.prefix}:pending"
+
+    @property
+    def retry(self) -> str:
+        return f"{self.prefix}:retry"
+
+    @property
+    def running(self) -> str:
+        return f"{self.prefix}:running"
 
     @property
     def beat_heartbeat(self) -> str:

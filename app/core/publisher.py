@@ -8,12 +8,16 @@ carries only the execution record's id: the worker reads the rest from Redis.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import socket
 import threading
+import uuid
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from kombu import Connection, Exchange, Producer, Queue
 
@@ -56,15 +60,54 @@ def task_message(instance_id: str, origin: str) -> tuple[tuple[Any, ...], dict[s
     return body, headers
 
 
+def redis_message(instance_id: str, queue: str, origin: str) -> str:
+    """One task message exactly as kombu's Redis transport stores it in the queue list,
+    so Redis-side code (Lua) can push it without a kombu round trip per message."""
+    body, headers = task_message(instance_id, origin)
+    return json.dumps(
+        {
+            "body": base64.b64encode(json.dumps(body).encode()).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": {
+                "correlation_id": instance_id,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": queue, "routing_key": queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
+
+
+def same_redis(broker_url: str, redis_url: str) -> bool:
+    return urlsplit(broker_url).scheme in ("redis", "rediss") and broker_url == redis_url
+
+
 class Publisher:
-    def __init__(self, broker_url: str, queue: str, *, connect_timeout: float = 3.0) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        queue: str,
+        *,
+        store_url: str | None = None,
+        connect_timeout: float = 3.0,
+    ) -> None:
         self._url = broker_url
         self._queue = task_queue(queue)
+        # When the broker is the store's Redis, beat pushes task messages from Lua, in
+        # the same atomic step as the claim (``direct_queue`` is the list to push to).
+        self.direct_queue = queue if store_url and same_redis(broker_url, store_url) else None
         self._timeout = connect_timeout
         self._origin = f"sendbeat@{socket.gethostname()}:{os.getpid()}"
         self._connection: Connection | None = None
         # gunicorn's threads share one publisher; kombu connections are not thread-safe.
         self._lock = threading.RLock()  # re-entrant: a signal handler may close mid-publish
+
+    def message(self, instance_id: str) -> str:
+        return redis_message(instance_id, self._queue.name, self._origin)
 
     def publish(self, instance_ids: Iterable[str]) -> None:
         """Publish one task per execution id; raise DispatchError if the broker refuses."""

@@ -24,7 +24,7 @@ class Claim:
     event_id: str
     at: int
     next_at: int | None
-    send: tuple[str, int] | None  # (instance id, scheduled epoch)
+    send: tuple[str, int, str] | None  # (instance id, scheduled epoch, task message)
     missed: tuple[tuple[str, int], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
@@ -32,7 +32,9 @@ class Claim:
             "event": self.event_id,
             "at": self.at,
             "next": self.next_at,
-            "send": None if self.send is None else {"id": self.send[0], "at": self.send[1]},
+            "send": None
+            if self.send is None
+            else {"id": self.send[0], "at": self.send[1], "message": self.send[2]},
             # An empty Lua table encodes as {} in cjson; a list keeps ipairs happy either way.
             "missed": [{"id": iid, "at": at} for iid, at in self.missed],
         }
@@ -43,13 +45,18 @@ class Scripts:
         self._keys = keys
         self._claim = redis.register_script(_source("claim"))
         self._start = redis.register_script(_source("start"))
+        self._publish = redis.register_script(_source("publish"))
+        self._cancel = redis.register_script(_source("cancel"))
 
-    def claim(self, claims: list[Claim], *, now: int, retention: int) -> list[tuple[str, str]]:
-        """Claim the occurrences; return (instance id, status) for each record written."""
+    def claim(
+        self, claims: list[Claim], *, now: int, retention: int, queue: str | None
+    ) -> list[tuple[str, str]]:
+        """Claim the occurrences (and push their task messages onto ``queue`` when the
+        broker is this Redis); return (instance id, status) for each record written."""
         if not claims:
             return []
         flat = self._claim(
-            keys=[self._keys.due, self._keys.pending],
+            keys=[self._keys.due, self._keys.pending, queue or ""],
             args=[
                 now,
                 retention,
@@ -63,6 +70,24 @@ class Scripts:
 
     def start(self, instance_id: str, *, now: int, lease: int) -> tuple[str, int]:
         """Try to start an execution; ("start", attempts) means the caller sends it."""
-        reply = self._start(keys=[self._keys.instance(instance_id)], args=[now, lease])
+        reply = self._start(
+            keys=[self._keys.instance(instance_id), self._keys.running],
+            args=[now, lease, instance_id],
+        )
         status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
         return status, int(reply[1]) if len(reply) > 1 else 0
+
+    def publish(self, waiting: str, queue: str, messages: list[tuple[str, str]]) -> int:
+        """Move (instance id, task message) pairs from a waiting set onto the queue."""
+        if not messages:
+            return 0
+        args = [part for pair in messages for part in pair]
+        return int(self._publish(keys=[waiting, queue], args=args))
+
+    def cancel(self, event_id: str, instance_ids: list[str], *, now: int) -> list[str]:
+        """Cancel those executions that have not started; return their ids."""
+        if not instance_ids:
+            return []
+        keys = [self._keys.pending, self._keys.retry, self._keys.event_active(event_id)]
+        reply = self._cancel(keys=keys, args=[now, self._keys.instance(""), *instance_ids])
+        return [v.decode() if isinstance(v, bytes) else v for v in reply]

@@ -48,6 +48,8 @@ class Settings:
     default_retries: int = 5
     beat_max_sleep: float = 1.0
     beat_batch_size: int = 1000
+    send_lease: int = 300
+    visibility_timeout: int = 900
     rate_limit_messaging: str = "600/minute"
     rate_limit_schedules: str = "60/minute"
     mail_domain: str = "sendbeat.local"
@@ -89,6 +91,10 @@ class Settings:
             default_retries=_int(env, "SENDBEAT_RETRIES", defaults.default_retries, 0, 50),
             beat_max_sleep=_float(env, "SENDBEAT_BEAT_MAX_SLEEP", defaults.beat_max_sleep),
             beat_batch_size=_int(env, "SENDBEAT_BEAT_BATCH_SIZE", defaults.beat_batch_size, 1),
+            send_lease=_int(env, "SENDBEAT_SEND_LEASE", defaults.send_lease, 5),
+            visibility_timeout=_int(
+                env, "SENDBEAT_VISIBILITY_TIMEOUT", defaults.visibility_timeout, 5
+            ),
             rate_limit_messaging=_rate(
                 env, "SENDBEAT_RATE_LIMIT_MESSAGING", defaults.rate_limit_messaging
             ),

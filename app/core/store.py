@@ -150,6 +150,21 @@ class Event:
         )
 
 
+@dataclass(frozen=True)
+class DueEvent:
+    """What beat needs of a due event to plan its claim (not its message)."""
+
+    id: str
+    schedule: str
+    timezone: str
+    event_type: str
+    catchup_window: int
+    scheduled_at: int
+
+
+DUE_FIELDS = ("schedule", "timezone", "event_type", "catchup_window")
+
+
 @dataclass
 class Instance:
     """One execution record (DESIGN §7)."""
@@ -388,19 +403,10 @@ class Store:
             pipe.hset(self.keys.event(event.id), mapping=event.to_hash())
         pipe.execute()
 
-    def cancel_queued(self, event_id: str) -> list[str]:
-        """Cancel the event's queued, unstarted executions; return their ids."""
-        queued = self._queued_instances(event_id)
-        pipe = self.redis.pipeline(transaction=True)
-        self._cancel(pipe, event_id, queued)
-        pipe.execute()
-        return queued
-
-    def _cancel(self, pipe: Any, event_id: str, instance_ids: list[str]) -> None:
-        for iid in instance_ids:
-            pipe.hset(self.keys.instance(iid), "status", InstanceStatus.CANCELLED)
-            pipe.zrem(self.keys.pending, iid)
-            pipe.srem(self.keys.event_active(event_id), iid)
+    def cancel_queued(self, event_id: str, now: int) -> list[str]:
+        """Cancel the event's executions that have not started; return their ids."""
+        active = sorted(self.redis.smembers(self.keys.event_active(event_id)))
+        return self.scripts.cancel(event_id, active, now=now)
 
     def _write_event(self, pipe: Any, event: Event) -> None:
         pipe.hset(self.keys.event(event.id), mapping=event.to_hash())
@@ -409,24 +415,17 @@ class Store:
         else:
             pipe.zadd(self.keys.due, {event.id: event.scheduled_at})
 
-    def delete_event(self, event: Event) -> list[str]:
-        """Remove the event; return the ids of its queued, unstarted executions, now cancelled."""
-        queued = self._queued_instances(event.id)
+    def delete_event(self, event: Event, now: int) -> list[str]:
+        """Remove the event; return the ids of its executions that had not started, now
+        cancelled (one already running finishes and is recorded)."""
+        cancelled = self.cancel_queued(event.id, now)
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(self.keys.due, event.id)
-        pipe.delete(self.keys.event(event.id), self.keys.event_active(event.id))
+        pipe.delete(self.keys.event(event.id))
         pipe.hdel(self.keys.uids(event.project_id), event.uid)
         pipe.zrem(self.keys.project_events(event.project_id), event.id)
-        self._cancel(pipe, event.id, queued)
         pipe.execute()
-        return queued
-
-    def _queued_instances(self, event_id: str) -> list[str]:
-        active = sorted(self.redis.smembers(self.keys.event_active(event_id)))
-        pipe = self.redis.pipeline()
-        for iid in active:
-            pipe.hget(self.keys.instance(iid), "status")
-        return [iid for iid, st in zip(active, pipe.execute(), strict=True) if st == "queued"]
+        return cancelled
 
     def event_by_uid(self, project_id: str, uid: str) -> Event:
         event_id = self.redis.hget(self.keys.uids(project_id), uid)
@@ -465,25 +464,44 @@ class Store:
 
     # -- the due index (beat) ------------------------------------------------------
 
-    def due_events(self, now: int, limit: int) -> list[Event]:
-        """Events whose next run is at or before ``now``, earliest first."""
-        ids = self.redis.zrangebyscore(self.keys.due, "-inf", now, start=0, num=limit)
-        return [e for e in self._events(ids) if e is not None and e.scheduled_at is not None]
+    def due_events(self, now: int, limit: int) -> list[DueEvent]:
+        """Events whose next run is at or before ``now``, earliest first: only the fields
+        beat needs, so a large batch costs one round trip and little transfer."""
+        due = self.redis.zrangebyscore(
+            self.keys.due, "-inf", now, start=0, num=limit, withscores=True
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id, _ in due:
+            pipe.hmget(self.keys.event(event_id), DUE_FIELDS)
+        return [
+            DueEvent(event_id, schedule, timezone, event_type, int(window), int(score))
+            for (event_id, score), (schedule, timezone, event_type, window) in zip(
+                due, pipe.execute(), strict=True
+            )
+            if schedule is not None
+        ]
 
     def next_due_at(self) -> int | None:
         first = self.redis.zrange(self.keys.due, 0, 0, withscores=True)
         return int(first[0][1]) if first else None
 
-    def claim(self, claims: list[Claim], now: int) -> list[tuple[str, str]]:
-        return self.scripts.claim(claims, now=now, retention=self.retention)
+    def claim(self, claims: list[Claim], now: int, queue: str | None) -> list[tuple[str, str]]:
+        return self.scripts.claim(claims, now=now, retention=self.retention, queue=queue)
+
+    def waiting(self, waiting_key: str, until: float, limit: int = 1000) -> list[str]:
+        """Ids in a waiting set (retry, running, pending) whose time has come."""
+        return self.redis.zrangebyscore(waiting_key, "-inf", until, 0, limit)
+
+    def publish_waiting(self, waiting_key: str, queue: str, messages: list[tuple[str, str]]) -> int:
+        return self.scripts.publish(waiting_key, queue, messages)
+
+    def forget_waiting(self, waiting_key: str, instance_ids: list[str]) -> None:
+        if instance_ids:
+            self.redis.zrem(waiting_key, *instance_ids)
 
     def published(self, instance_ids: list[str]) -> None:
         if instance_ids:
             self.redis.zrem(self.keys.pending, *instance_ids)
-
-    def unpublished(self, claimed_before: int, limit: int = 1000) -> list[str]:
-        """Claimed executions whose publish was never confirmed (a beat died in between)."""
-        return self.redis.zrangebyscore(self.keys.pending, "-inf", claimed_before, 0, limit)
 
     def heartbeat(self, now: float) -> None:
         self.redis.set(self.keys.beat_heartbeat, now)
@@ -535,11 +553,16 @@ class Store:
     def record_delivered(self, instance_id: str, delivered: list[str]) -> None:
         self.redis.hset(self.keys.instance(instance_id), "delivered", json.dumps(delivered))
 
-    def retry_instance(self, instance_id: str, error: str) -> None:
-        self.redis.hset(
+    def retry_instance(self, instance_id: str, error: str, at: float) -> None:
+        """Park an execution until ``at``: retries wait in Redis, not in the broker."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
             self.keys.instance(instance_id),
             mapping={"status": InstanceStatus.RETRYING, "error": error, "lease_until": 0},
         )
+        pipe.zrem(self.keys.running, instance_id)
+        pipe.zadd(self.keys.retry, {instance_id: at})
+        pipe.execute()
 
     def finish_instance(
         self,
@@ -559,6 +582,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.instance(instance.id), mapping=fields)
         pipe.zrem(self.keys.pending, instance.id)
+        pipe.zrem(self.keys.running, instance.id)
         if instance.event_id:
             pipe.srem(self.keys.event_active(instance.event_id), instance.id)
             if status in (InstanceStatus.SUCCEEDED, InstanceStatus.FAILED):

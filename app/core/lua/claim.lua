@@ -7,6 +7,10 @@
 --
 -- KEYS[1]  {p}:due        ZSET  event id -> next run (whole epoch seconds)
 -- KEYS[2]  {p}:pending    ZSET  instance id -> claimed at; cleared once its task is published
+-- KEYS[3]  the broker's queue LIST when the broker is this Redis, else "": then the task
+--          message is pushed here in the same atomic step as the claim, so no crash can
+--          come between claiming and publishing; otherwise the caller publishes and
+--          clears {p}:pending, and a crash in between is recovered from there
 -- ARGV[1]  now (epoch seconds)
 -- ARGV[2]  retention (seconds): instance records expire after this
 -- ARGV[3]  event hash key prefix    ("{p}:event:", from app.core.keys; the event's
@@ -14,7 +18,7 @@
 -- ARGV[4]  instance hash key prefix ("{p}:instance:")
 -- ARGV[5]  JSON list of claims:
 --            {"event": id, "at": scheduled epoch, "next": epoch or null,
---             "send": {"id": instance id, "at": epoch} or null,
+--             "send": {"id": instance id, "at": epoch, "message": task message} or null,
 --             "missed": [{"id": instance id, "at": epoch}, ...]}
 -- Returns  a flat list: instance id, status ("queued" | "skipped" | "missed"), ...
 --          for every record written; nothing for claims that lost the race.
@@ -61,7 +65,11 @@ for _, claim in ipairs(claims) do
         status = 'skipped'
       else
         redis.call('SADD', active, claim.send.id)
-        redis.call('ZADD', KEYS[2], now, claim.send.id)
+        if KEYS[3] ~= '' then
+          redis.call('LPUSH', KEYS[3], claim.send.message)
+        else
+          redis.call('ZADD', KEYS[2], now, claim.send.id)
+        end
       end
       write_instance(event_key, fields, claim.send.id, claim.send.at, status)
     end

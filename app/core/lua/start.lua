@@ -5,8 +5,11 @@
 -- may start; a record that already finished is never sent again.
 --
 -- KEYS[1]  {p}:instance:{iid}  HASH the execution record
+-- KEYS[2]  {p}:running          ZSET instance id -> lease end; beat publishes again what
+--                               stays here past its lease (the worker died)
 -- ARGV[1]  now (epoch seconds)
 -- ARGV[2]  lease (seconds): how long this worker may hold the record before another takes over
+-- ARGV[3]  the instance id
 -- Returns  {"start", attempts} when the caller must send it; otherwise {status}
 --          ("succeeded", "running", ...) or {"gone"} when the record does not exist.
 
@@ -15,10 +18,12 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return {'gone'}
 end
-local lease_until = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-if status == 'queued' or status == 'retrying' or (status == 'running' and lease_until < now) then
+local held_until = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+if status == 'queued' or status == 'retrying' or (status == 'running' and held_until < now) then
   local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-  redis.call('HSET', KEYS[1], 'status', 'running', 'lease_until', now + tonumber(ARGV[2]))
+  local lease_until = now + tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'status', 'running', 'lease_until', lease_until)
+  redis.call('ZADD', KEYS[2], lease_until, ARGV[3])
   if not redis.call('HGET', KEYS[1], 'started_at') then
     redis.call('HSET', KEYS[1], 'started_at', now)
   end
