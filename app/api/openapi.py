@@ -302,14 +302,22 @@ def _messaging_paths(spec: APISpec, settings: Settings, events_body: s.EventsBod
     method(
         "send_message",
         "Send a message now",
-        "Queues one send_message request (see messages.md) for a worker; answers the "
-        "execution's id with status `queued`. A broker failure answers 500 \""
-        + DISPATCH_FAILED.split(":")[0]
-        + ': <reason>".',
+        'Queues one send_message request (see messages.md) now (`trigger: "api"`); '
+        "answers the execution's id with status `queued`. A `uid` can be used once per "
+        "project. Remote content (`$ref`) is fetched when the message is sent. A broker "
+        'failure answers 500 "Dispatcher error: <reason>".',
         s.SendBody,
         s.SendReply,
         errors={
             **_ERRORS,
+            "400": _json(
+                s.MessagingError,
+                "`bad_request`: a field is wrong, or the uid was used before.",
+                field=_error("bad_request", "arguments: Missing data for required field."),
+                duplicate=_error(
+                    "bad_request", "Uid m1 already exists. Assuming message duplication.", "m1"
+                ),
+            ),
             "500": _json(
                 s.MessagingError,
                 "`internal_error`: a fault of ours, or the broker did not take the job.",
@@ -386,8 +394,7 @@ def _messaging_paths(spec: APISpec, settings: Settings, events_body: s.EventsBod
     method(
         "list_scheduled_events",
         "List the project's scheduled events",
-        "A page of the project's events in creation order, optionally only those with "
-        "one `status`.",
+        "A page of the project's events, oldest first, optionally only those with one `status`.",
         s.ListBody,
         s.EventListReply,
     )
@@ -490,7 +497,7 @@ def _schedules_paths(spec: APISpec) -> None:
     list_schedules = op(
         "listSchedules",
         "List the project's schedules",
-        "A page of the project's events in creation order.",
+        "A page of the project's events, oldest first.",
         {
             "200": _json(s.SchedulesPage, "A page of event records."),
             "400": _scim(
@@ -559,7 +566,8 @@ def _schedules_paths(spec: APISpec) -> None:
         get=op(
             "listScheduleRecipients",
             "List a schedule's recipients",
-            "The addresses the event's message is sent to.",
+            "The addresses the event's message is sent to, from its arguments (empty when "
+            "they are a `$ref`).",
             {"200": _json(s.Recipients, "The recipients."), **found},
         ),
     )
