@@ -67,7 +67,11 @@ def redis(settings: Settings) -> Iterator[Redis]:
 def _drop(client: Redis, settings: Settings) -> None:
     """Delete this test's keys and its broker queue."""
     doomed = list(client.scan_iter(f"{settings.key_prefix}:*", count=1000))
-    doomed += [settings.queue, f"_kombu.binding.{settings.queue}"]
+    doomed += [
+        settings.queue,
+        f"_kombu.binding.{settings.queue}",
+        f"_kombu.binding_permanent.{settings.queue}",
+    ]
     for start in range(0, len(doomed), 500):
         client.delete(*doomed[start : start + 500])
 

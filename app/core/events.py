@@ -235,9 +235,11 @@ def release_waiting(store: Store, publisher: Publisher, now: datetime, *, unconf
     stamp = epoch(now)
     keys = store.keys
     published = 0
+    # A lease ending at ``stamp`` is still held during that second (start.lua takes over
+    # only past it), so the running set is swept strictly before ``stamp``.
     for waiting, until in (
         (keys.retry, stamp),
-        (keys.running, stamp),
+        (keys.running, stamp - 1),
         (keys.pending, stamp - unconfirmed),
     ):
         ids = store.waiting(waiting, until)

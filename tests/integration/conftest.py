@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email
 import os
 import signal
@@ -40,13 +42,28 @@ class Received:
 
 @dataclass
 class SmtpSink:
-    """Collects every message delivered to it."""
+    """Collects every message delivered to it. ``delay`` holds each message before the
+    answer; ``replies`` scripts the answers (then 250). A message whose client is gone
+    before the answer is not counted: its sender never heard it was accepted."""
 
     port: int = 0
     messages: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    delay: float = 0.0
+    replies: list[str] = field(default_factory=list)
+    refused: int = 0
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+            # A sender that never hears 250 must assume the message was not taken
+            # (RFC 5321 4.1.1.4): a server must not deliver what it never acknowledged.
+            if server.transport is None or server._reader.at_eof():
+                return "421 client went away"
+        with self.lock:
+            if self.replies:
+                self.refused += 1
+                return self.replies.pop(0)
         message = email.message_from_bytes(envelope.content, policy=default_policy)
         with self.lock:
             self.messages.append(
@@ -122,6 +139,8 @@ def process_env(settings: Settings) -> dict[str, str]:
         SENDBEAT_KEY_PREFIX=settings.key_prefix,
         SENDBEAT_QUEUE=settings.queue,
         SENDBEAT_ALLOW_PRIVATE_REFS="1" if settings.allow_private_refs else "0",
+        SENDBEAT_SEND_LEASE=str(settings.send_lease),
+        SENDBEAT_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
         PYTHONUNBUFFERED="1",
     )
     env.pop("BROKER_URL", None)
@@ -155,6 +174,7 @@ class Processes:
                 env=process_env(self.settings),
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.running.append((process, log))
         return process
@@ -200,9 +220,16 @@ class Processes:
                 process.kill()
                 process.wait()
 
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the process and its pool children at once, as a lost machine would."""
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
     def stop_all(self) -> None:
         for process, _ in self.running:
             self.stop(process)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # pool children left behind
 
     def log_text(self) -> str:
         return "\n".join(

@@ -173,3 +173,19 @@ def test_api_keys(any_store: Store) -> None:
     assert any_store.project_for_key(new) is None
     # Only the hash is stored: the key itself appears nowhere in Redis.
     assert not any(new in str(v) for v in any_store.redis.keys("*"))
+
+
+def test_a_copy_that_stands_down_keeps_the_record_watched(any_store: Store) -> None:
+    add(any_store, "every 1 mins")
+    recorder = Recorder()
+    dispatch_due(any_store, recorder, datetime.fromtimestamp(T0 + 30, UTC), 100)  # type: ignore[arg-type]
+    [iid] = recorder.published
+    any_store.start_instance(iid, T0 + 31, 5)  # lease until T0 + 36
+    # Beat sweeps the lease away from {p}:running to publish a copy...
+    any_store.forget_waiting(any_store.keys.running, [iid])
+
+    # ...and the copy, arriving within the lease, stands down.
+    assert any_store.start_instance(iid, T0 + 36, 5)[0] == "running"
+
+    # The record is watched again, so a worker that dies now is still noticed.
+    assert any_store.waiting(any_store.keys.running, T0 + 37) == [iid]

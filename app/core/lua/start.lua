@@ -29,4 +29,10 @@ if status == 'queued' or status == 'retrying' or (status == 'running' and held_u
   end
   return {'start', attempts}
 end
+if status == 'running' then
+  -- A copy arriving while the lease is live: it stands down, but the record must stay
+  -- watched (beat may have just taken it out of {p}:running to publish this copy), or a
+  -- worker that then dies would leave it running for ever.
+  redis.call('ZADD', KEYS[2], held_until, ARGV[3])
+end
 return {status}

@@ -1,0 +1,207 @@
+"""The scheduler's guarantees, on real processes: once per occurrence with several
+beats, nothing lost when a worker is killed or beat is down, overlap, retries,
+permanent failures, and pausing. Counted at a real SMTP server."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from app.core.settings import Settings
+from app.core.store import Store
+from tests.integration.conftest import Processes, SmtpSink, Web, wait_until
+
+pytestmark = pytest.mark.slow
+
+ARGS = {
+    "recipients": "test@example.com",
+    "headers": {"from": "test@example.com", "subject": "Guarantee"},
+    "content": {"text/plain": "once"},
+}
+
+
+def create(web: Web, uid: str, schedule: str, **extra: Any) -> dict[str, Any]:
+    body = {"uid": uid, "schedule": schedule, "metadata": {"arguments": ARGS}, **extra}
+    response = web.call("create_scheduled_event", body)
+    assert response.status_code == 200, response.get_json()
+    return dict(response.get_json()["data"])
+
+
+def emails_per_instance(smtp: SmtpSink) -> Counter[str]:
+    return Counter(m.message["X-Sendbeat-Instance"] for m in smtp.messages)
+
+
+def test_three_beats_over_minute_boundaries_send_each_occurrence_once(
+    web: Web, processes: Processes, smtp: SmtpSink
+) -> None:
+    processes.worker(concurrency=4)
+    uids = [f"minutely-{n}" for n in range(50)]
+    for uid in uids:
+        create(web, uid, "every 1 mins")
+    first = datetime.fromisoformat(
+        web.call("get_scheduled_event", {"uid": uids[0]}).get_json()["data"]["scheduled_at"]
+    )
+    for name in ("beat-a", "beat-b", "beat-c"):
+        processes.beat(name)
+
+    # Two minute boundaries: 100 occurrences.
+    time.sleep(max(0.0, first.timestamp() + 60 + 8 - time.time()))
+
+    instances = [i for uid in uids for i in web.instances(uid)]
+    assert len(instances) == 100, processes.log_text()
+    occurrences = Counter((i["event_id"], i["scheduled_for"]) for i in instances)
+    assert set(occurrences.values()) == {1}
+    assert {i["status"] for i in instances} == {"succeeded"}
+    emails = emails_per_instance(smtp)
+    assert len(smtp.messages) == 100
+    assert set(emails) == {i["uid"] for i in instances}
+
+
+def test_a_killed_worker_loses_nothing_and_sends_nothing_twice(
+    web: Web, processes: Processes, smtp: SmtpSink, store: Store
+) -> None:
+    smtp.delay = 0.02  # sends are in flight when the worker dies
+    processes.settings = processes.settings.with_(send_lease=5, visibility_timeout=5)
+    doomed = processes.worker("doomed", concurrency=4)
+    processes.beat()  # publishes again what a dead worker held past its lease
+    ids = []
+    for n in range(500):
+        response = web.call("send_message", {"uid": f"m{n}", "arguments": ARGS})
+        ids.append(response.get_json()["data"]["message"]["id"])
+
+    wait_until(lambda: len(smtp.messages) >= 60, timeout=30)
+    # Stall the server's answers so the sends in flight are all waiting for their 250
+    # when the worker dies: whether a message counts is then decided by sendbeat, not
+    # by a race with SMTP's own ambiguity (a server that took a message from a client
+    # that died before reading the 250 would deliver it, whatever the client does).
+    smtp.delay = 3.0
+    time.sleep(0.5)
+    kill_at = time.time()
+    processes.kill(doomed)
+    smtp.delay = 0.02
+    delivered_before = len(smtp.messages)
+    assert delivered_before < 500
+    processes.worker("rescuer", concurrency=4)
+
+    def all_finished() -> bool:
+        return all(store.instance(i).status == "succeeded" for i in ids)  # type: ignore[union-attr]
+
+    assert wait_until(all_finished, timeout=120, interval=1), processes.log_text()
+    time.sleep(2)
+    emails = emails_per_instance(smtp)
+    assert sorted(emails) == sorted(ids)
+    twice = [i for i, n in emails.items() if n > 1]
+    assert not twice, [
+        [round(m.at - kill_at, 3) for m in smtp.messages if m.message["X-Sendbeat-Instance"] == i]
+        for i in twice
+    ]
+    retried = [i for i in ids if store.instance(i).attempts > 1]  # type: ignore[union-attr]
+    assert retried, "the kill interrupted no send: the test proved nothing"
+
+
+def test_beat_down_past_the_window_records_missed_runs_and_sends_one_late(
+    web: Web, processes: Processes, smtp: SmtpSink, store: Store
+) -> None:
+    processes.worker()
+    minutely = create(web, "minutely", "every 1 mins")
+    hourly = create(web, "hourly", "every 1 hours", catchup_window=30)
+    # Beat was down: the minutely event last ran ten minutes ago, the hourly one's run
+    # is seven minutes overdue (past its 30 s window). This is what the due index holds
+    # after such an outage.
+    now = int(time.time())
+    minute = now - now % 60
+    store.redis.zadd(store.keys.due, {minutely["id"]: minute - 600, hourly["id"]: now - 420})
+
+    processes.beat()
+    time.sleep(4)
+
+    by_status = Counter(i["status"] for i in web.instances("minutely"))
+    assert by_status == {"missed": 10, "succeeded": 1}  # no burst: one late send
+    missed = sorted(
+        i["scheduled_for"] for i in web.instances("minutely") if i["status"] == "missed"
+    )
+    assert missed[0] == datetime.fromtimestamp(minute - 600, UTC).isoformat()
+    [lost] = web.instances("hourly")
+    assert lost["status"] == "missed"
+    assert len(smtp.messages) == 1
+    after = web.call("get_scheduled_event", {"uid": "minutely"}).get_json()["data"]
+    assert datetime.fromisoformat(after["scheduled_at"]).timestamp() > now
+
+
+def test_overlap_skip_records_skipped_and_refuses_a_trigger(
+    web: Web, processes: Processes, smtp: SmtpSink
+) -> None:
+    smtp.delay = 4.0
+    processes.worker()
+    processes.beat()
+    record = create(web, "slow", "every 1 secs")
+
+    wait_until(lambda: any(i["status"] == "running" for i in web.instances("slow")), 10)
+    refused = web.trigger(record["id"])
+    time.sleep(2)
+    processes.stop(processes.running[-1][0])  # beat
+
+    assert refused.status_code == 409
+    assert refused.get_json()["detail"] == "Another execution is in progress for this schedule"
+    statuses = Counter(i["status"] for i in web.instances("slow"))
+    assert statuses["skipped"] >= 1
+    assert statuses["running"] + statuses["succeeded"] == 1
+
+
+def test_transient_failures_are_retried_and_succeed(
+    web: Web, processes: Processes, smtp: SmtpSink
+) -> None:
+    smtp.replies = ["451 4.3.0 try again later"]
+    processes.worker()
+    processes.beat()  # publishes the retry when its backoff runs out
+    record = create(web, "retry", "@daily", retries=3)
+
+    web.trigger(record["id"])
+
+    [received] = smtp.wait_for(1, timeout=20)
+    [instance] = wait_until(
+        lambda: [i for i in web.instances("retry") if i["status"] == "succeeded"], timeout=5
+    )
+    assert instance["attempts"] == 2
+    assert smtp.refused == 1
+    assert received.message["X-Sendbeat-Instance"] == instance["uid"]
+
+
+def test_permanent_failures_fail_at_once_with_the_reason(
+    web: Web, processes: Processes, smtp: SmtpSink
+) -> None:
+    smtp.replies = ["550 5.1.1 no such user"]
+    processes.worker()
+    record = create(web, "bounce", "@daily", retries=3)
+
+    web.trigger(record["id"])
+
+    [instance] = wait_until(
+        lambda: [i for i in web.instances("bounce") if i["status"] == "failed"], timeout=15
+    )
+    assert instance["attempts"] == 1
+    assert "550" in instance["error"]
+    assert smtp.messages == []
+
+
+def test_pausing_cancels_queued_work(
+    web: Web, processes: Processes, smtp: SmtpSink, settings: Settings
+) -> None:
+    record = create(web, "paused", "@daily")
+    web.trigger(record["id"])  # queued: no worker runs yet
+    paused = web.client.put(
+        f"/api/unstable/schedules/{record['id']}/pause",
+        headers={"Authorization": f"Bearer {web.key}"},
+    )
+    assert paused.get_json() == {"success": True}
+
+    processes.worker()  # it receives the task and must not send it
+    time.sleep(3)
+
+    [instance] = web.instances("paused")
+    assert instance["status"] == "cancelled"
+    assert smtp.messages == []
