@@ -9,13 +9,15 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from app.api import messaging, openapi, schedules
+from app.api import limits, messaging, openapi, ops, schedules
 from app.api.common import Services
 from app.cli import project_cli
+from app.core import logs
 from app.core.clock import now
+from app.core.health import warn_about_redis
 from app.core.keys import Keys
 from app.core.publisher import Publisher
 from app.core.redis_client import connect
@@ -33,6 +35,8 @@ def create_app(
     clock: Callable[[], datetime] = now,
 ) -> Flask:
     settings = settings or Settings.from_env()
+    if settings.log_format == "json":
+        _json_logs()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -48,11 +52,20 @@ def create_app(
     app.register_blueprint(messaging.bp)
     app.register_blueprint(schedules.bp)
     app.register_blueprint(openapi.bp)
+    ops.install(app, settings, store)
+    limits.install(app, settings, store.keys)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
     app.cli.add_command(project_cli)
-    app.add_url_rule("/healthz", "healthz", lambda: jsonify({"status": "ok"}))
+    warn_about_redis(store.redis, "web")
     return app
+
+
+def _json_logs() -> None:
+    """JSON lines from the app and from gunicorn's own loggers (their handlers are
+    set up before the app is loaded)."""
+    logs.configure("json")
+    logs.use_json([logging.getLogger("gunicorn.error"), logging.getLogger("gunicorn.access")])
 
 
 def _schedules_path() -> bool:

@@ -23,6 +23,14 @@ Key schema (``{p}`` is the configured prefix, ``SENDBEAT_KEY_PREFIX``, default
     {p}:retry                       ZSET  instance id -> when its retry is due (epoch s)
     {p}:running                     ZSET  instance id -> end of its worker's lease (epoch s)
     {p}:beat:heartbeat              STRING epoch s of the last beat tick
+    {p}:metrics:executions          HASH  execution status -> records that reached it
+    {p}:metrics:lateness            HASH  dispatch lateness histogram: bucket upper bound
+                                          ("0.05" ... "+Inf") -> observations in that bucket
+                                          alone (not cumulative), plus "count" and "sum"
+    {p}:metrics:send-latency        HASH  send latency histogram, the same fields
+    {p}:ratelimit:...               the rate limiter's counters (Flask-Limiter on the
+                                          ``limits`` Redis storage), one per API key and
+                                          window, expiring with their window
 """
 
 from __future__ import annotations
@@ -94,3 +102,20 @@ class Keys:
     @property
     def beat_heartbeat(self) -> str:
         return f"{self.prefix}:beat:heartbeat"
+
+    @property
+    def metrics_executions(self) -> str:
+        return f"{self.prefix}:metrics:executions"
+
+    @property
+    def metrics_lateness(self) -> str:
+        return f"{self.prefix}:metrics:lateness"
+
+    @property
+    def metrics_send_latency(self) -> str:
+        return f"{self.prefix}:metrics:send-latency"
+
+    @property
+    def rate_limits(self) -> str:
+        """The prefix of the rate limiter's keys (it builds the rest itself)."""
+        return f"{self.prefix}:ratelimit"

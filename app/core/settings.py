@@ -18,6 +18,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$", re.I)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+LOG_FORMATS = ("text", "json")
 
 
 class SettingsError(Exception):
@@ -53,6 +54,8 @@ class Settings:
     rate_limit_messaging: str = "600/minute"
     rate_limit_schedules: str = "60/minute"
     mail_domain: str = "sendbeat.local"
+    beat_stale_after: float = 10.0
+    log_format: str = "text"
 
     @property
     def effective_broker_url(self) -> str:
@@ -102,6 +105,8 @@ class Settings:
                 env, "SENDBEAT_RATE_LIMIT_SCHEDULES", defaults.rate_limit_schedules
             ),
             mail_domain=_word(env, "SENDBEAT_MAIL_DOMAIN", defaults.mail_domain),
+            beat_stale_after=_float(env, "SENDBEAT_BEAT_STALE_AFTER", defaults.beat_stale_after),
+            log_format=_choice(env, "SENDBEAT_LOG_FORMAT", defaults.log_format, LOG_FORMATS),
         )
 
 
@@ -178,3 +183,12 @@ def _rate(env: Mapping[str, str], name: str, default: str) -> str:
     if value.lower() == "none" or _RATE.match(value):
         return value
     raise SettingsError(f"{name}={value!r}: expected a rate such as 600/minute, or none")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _get(env, name)
+    if value is None:
+        return default
+    if value.lower() not in choices:
+        raise SettingsError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value.lower()

@@ -1,0 +1,86 @@
+"""What operators and orchestrators call: ``GET /healthz`` (the process is up),
+``GET /readyz`` (Redis, broker and a fresh beat heartbeat) and ``GET /metrics``
+(Prometheus text, read from Redis at each scrape). None of them is rate limited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Flask, Response, current_app, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.exceptions import RedisError
+
+from app.core.health import BrokerProbe, readiness, reason
+from app.core.metrics import Collector, read_snapshot
+from app.core.redis_client import connect
+from app.core.settings import Settings
+from app.core.store import Store
+
+bp = Blueprint("ops", __name__)
+
+
+@dataclass
+class Ops:
+    store: Store
+    broker: BrokerProbe
+    registry: CollectorRegistry
+    stale_after: float
+
+
+def install(app: Flask, settings: Settings, store: Store) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    read = partial(
+        read_snapshot,
+        store.redis,
+        store.keys,
+        queue_redis=_queue_redis(settings, store),
+        queue=settings.queue,
+    )
+    registry.register(Collector(read))
+    broker = BrokerProbe(settings.effective_broker_url, settings.queue)
+    app.extensions["sendbeat-ops"] = Ops(store, broker, registry, settings.beat_stale_after)
+    app.register_blueprint(bp)
+
+
+def _queue_redis(settings: Settings, store: Store) -> Any:
+    """The client to measure the queue with: the store's when the broker is the same
+    Redis, a client of its own for another Redis, none for other brokers."""
+    broker = settings.effective_broker_url
+    if broker == settings.redis_url:
+        return store.redis
+    if urlsplit(broker).scheme in ("redis", "rediss"):
+        return connect(broker)
+    return None
+
+
+def ops() -> Ops:
+    return current_app.extensions["sendbeat-ops"]
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    state = ops()
+    result = readiness(state.store, state.broker, state.stale_after)
+    response = jsonify(
+        {"status": "ready" if result.ready else "not ready", "checks": result.checks}
+    )
+    response.status_code = 200 if result.ready else 503
+    return response
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    try:
+        body = generate_latest(ops().registry)
+    except RedisError as exc:
+        return Response(f"# Redis unreachable: {reason(exc)}\n", 503, mimetype="text/plain")
+    return Response(body, 200, content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,217 @@
+"""Operational metrics, kept in Redis so every process on every machine adds to the
+same figures, and read back at scrape time into Prometheus metric families.
+
+Recording: ``record_send`` (a worker finished one attempt) and ``record_dispatch``
+(beat wrote claims) add to counters and histogram buckets in one pipeline each.
+Reading: ``read_snapshot`` takes every figure in one round trip and ``Collector``
+turns a snapshot into Prometheus metrics. Histograms are stored as one counter per
+bucket (that bucket alone) plus ``count`` and ``sum``; they are made cumulative only
+when rendered. Every function takes the Redis client and the key schema explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from app.core.keys import Keys
+
+BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, math.inf)
+STATUSES = (
+    "queued",
+    "running",
+    "retrying",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "missed",
+    "skipped",
+)
+
+
+def bucket_of(seconds: float) -> str:
+    """The field of the first bucket whose upper bound holds ``seconds``."""
+    bound = next(b for b in BUCKETS if seconds <= b)
+    return _label(bound)
+
+
+def _label(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(float(bound)).removesuffix(".0")
+
+
+def _observe(pipe: Any, key: str, seconds: float) -> None:
+    seconds = max(0.0, seconds)
+    pipe.hincrby(key, bucket_of(seconds), 1)
+    pipe.hincrby(key, "count", 1)
+    pipe.hincrbyfloat(key, "sum", seconds)
+
+
+def record_send(redis: Any, keys: Keys, status: str, seconds: float | None) -> None:
+    """One send attempt ended in ``status``; ``seconds`` is how long it took (None when
+    nothing was sent, as for an execution cancelled because its event is gone)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.hincrby(keys.metrics_executions, status, 1)
+    if seconds is not None:
+        _observe(pipe, keys.metrics_send_latency, seconds)
+    pipe.execute()
+
+
+def record_dispatch(
+    redis: Any, keys: Keys, written: list[tuple[str, str]], lateness: list[float]
+) -> None:
+    """Beat wrote these (instance id, status) records and published occurrences this
+    many seconds after their scheduled time."""
+    if not written and not lateness:
+        return
+    pipe = redis.pipeline(transaction=False)
+    for status, count in _count(status for _, status in written).items():
+        pipe.hincrby(keys.metrics_executions, status, count)
+    for seconds in lateness:
+        _observe(pipe, keys.metrics_lateness, seconds)
+    pipe.execute()
+
+
+def _count(statuses: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A stored histogram: per-bucket (not cumulative) counts, total count and sum."""
+
+    buckets: dict[str, int] = field(default_factory=dict)
+    count: int = 0
+    sum: float = 0.0
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> Histogram:
+        buckets = {_label(b): int(raw.get(_label(b), 0)) for b in BUCKETS}
+        return cls(buckets, int(raw.get("count", 0)), float(raw.get("sum", 0.0)))
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running, out = 0, []
+        for bound in BUCKETS:
+            running += self.buckets.get(_label(bound), 0)
+            out.append((_label(bound), float(running)))
+        return out
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    due_backlog: int
+    heartbeat_age: float  # +Inf when no beat ever ran
+    executions: dict[str, int]
+    lateness: Histogram
+    send_latency: Histogram
+    queue_depth: int | None = None  # None when the broker is not Redis
+
+
+def read_snapshot(
+    redis: Any, keys: Keys, now: float, *, queue_redis: Any = None, queue: str = ""
+) -> Snapshot:
+    """Every figure in one round trip (two when the broker is another Redis)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.zcount(keys.due, "-inf", math.floor(now))
+    pipe.get(keys.beat_heartbeat)
+    pipe.hgetall(keys.metrics_executions)
+    pipe.hgetall(keys.metrics_lateness)
+    pipe.hgetall(keys.metrics_send_latency)
+    if queue_redis is redis:
+        pipe.llen(queue)
+    backlog, heartbeat, executions, lateness, latency, *depth = pipe.execute()
+    if queue_redis is not None and queue_redis is not redis:
+        depth = [queue_redis.llen(queue)]
+    return Snapshot(
+        due_backlog=int(backlog),
+        heartbeat_age=max(0.0, now - float(heartbeat)) if heartbeat else math.inf,
+        executions={status: int(n) for status, n in _decoded(executions).items()},
+        lateness=Histogram.from_hash(_decoded(lateness)),
+        send_latency=Histogram.from_hash(_decoded(latency)),
+        queue_depth=int(depth[0]) if depth else None,
+    )
+
+
+def _decoded(raw: dict[Any, Any]) -> dict[str, str]:
+    def text(value: Any) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    return {text(k): text(v) for k, v in raw.items()}
+
+
+class Collector:
+    """A prometheus-client collector that reads Redis at every scrape."""
+
+    def __init__(self, read: Callable[[float], Snapshot]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(metric_families(self._read(time.time())))
+
+
+def metric_families(snap: Snapshot) -> list[Metric]:
+    families: list[Metric] = [
+        GaugeMetricFamily(
+            "sendbeat_due_backlog",
+            "Events due now and not yet claimed by a beat.",
+            value=snap.due_backlog,
+        ),
+        GaugeMetricFamily(
+            "sendbeat_beat_heartbeat_age_seconds",
+            "Seconds since a beat last ticked (+Inf when none ever did).",
+            value=snap.heartbeat_age,
+        ),
+    ]
+    if snap.queue_depth is not None:
+        families.append(
+            GaugeMetricFamily(
+                "sendbeat_queue_depth",
+                "Task messages waiting in the broker queue.",
+                value=snap.queue_depth,
+            )
+        )
+    families.append(_executions(snap.executions))
+    families.append(
+        _histogram(
+            "sendbeat_dispatch_lateness_seconds",
+            "How late each occurrence was published after its scheduled time.",
+            snap.lateness,
+        )
+    )
+    families.append(
+        _histogram(
+            "sendbeat_send_latency_seconds",
+            "How long a worker took to send one execution, start to finish.",
+            snap.send_latency,
+        )
+    )
+    return families
+
+
+def _executions(counts: dict[str, int]) -> Metric:
+    family = CounterMetricFamily(
+        "sendbeat_executions",
+        "Execution records that reached each status.",
+        labels=["status"],
+    )
+    for status in sorted(set(STATUSES) | set(counts)):
+        family.add_metric([status], counts.get(status, 0))
+    return family
+
+
+def _histogram(name: str, documentation: str, histogram: Histogram) -> Metric:
+    return HistogramMetricFamily(
+        name, documentation, buckets=histogram.cumulative(), sum_value=histogram.sum
+    )
