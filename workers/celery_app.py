@@ -1,4 +1,7 @@
-"""The Celery application, built from sendbeat's settings (``create_celery``)."""
+"""The Celery application, built from sendbeat's settings (``create_celery``).
+
+Importing this module connects the operations receivers of ``workers.signals``
+(JSON logs, task log context, the Redis start-up check)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from celery import Celery
 
 from app.core.publisher import task_queue
 from app.core.settings import Settings
+from workers import signals  # noqa: F401  (connects the receivers)
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -29,6 +33,9 @@ def create_celery(settings: Settings) -> Celery:
         beat_scheduler="workers.beat:SendbeatScheduler",
         beat_max_loop_interval=settings.beat_max_sleep,
         worker_hijack_root_logger=False,
+        # Task events, so Flower (or `celery events`) can follow the workers.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         imports=["workers.tasks"],
         timezone="UTC",
         enable_utc=True,

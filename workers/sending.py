@@ -10,6 +10,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from app.core import logs, metrics
 from app.core.clock import now as clock_now
 from app.core.errors import InvalidMessage, PermanentDeliveryError, TransientDeliveryError
 from app.core.events import epoch
@@ -46,8 +49,10 @@ def run_instance(
     if status != "start":
         log.info("execution %s not started: it is %s", instance_id, status)
         return Outcome(status)
+    started = time.monotonic()
     instance = store.instance(instance_id)
     assert instance is not None
+    logs.bind(event_id=instance.event_id)
     arguments, retries = _arguments(store, instance, settings)
     if arguments is None:
         store.finish_instance(
@@ -56,6 +61,7 @@ def run_instance(
             epoch(clock()),
             error="The scheduled event was deleted.",
         )
+        _observe(store, InstanceStatus.CANCELLED, None)
         return Outcome(InstanceStatus.CANCELLED)
     try:
         result = _deliver(store, transport, settings, instance, arguments, clock)
@@ -63,17 +69,30 @@ def run_instance(
         if attempts <= retries:
             delay = backoff(attempts)
             store.retry_instance(instance.id, exc.message, time.time() + delay)
+            _observe(store, InstanceStatus.RETRYING, started)
             return Outcome(InstanceStatus.RETRYING, retry_in=delay)
-        return _fail(store, instance, exc.message, clock)
+        return _fail(store, instance, exc.message, clock, started)
     except (PermanentDeliveryError, InvalidMessage) as exc:
-        return _fail(store, instance, exc.message, clock)
+        return _fail(store, instance, exc.message, clock, started)
     store.finish_instance(instance, InstanceStatus.SUCCEEDED, epoch(clock()), result=result)
+    _observe(store, InstanceStatus.SUCCEEDED, started)
     return Outcome(InstanceStatus.SUCCEEDED)
 
 
-def _fail(store: Store, instance: Instance, error: str, clock: Any) -> Outcome:
+def _fail(store: Store, instance: Instance, error: str, clock: Any, started: float) -> Outcome:
     store.finish_instance(instance, InstanceStatus.FAILED, epoch(clock()), error=error)
+    _observe(store, InstanceStatus.FAILED, started)
     return Outcome(InstanceStatus.FAILED)
+
+
+def _observe(store: Store, status: str, started: float | None) -> None:
+    """Count the outcome and time the attempt; the record is already written, so a
+    metrics failure is logged, not raised."""
+    seconds = None if started is None else time.monotonic() - started
+    try:
+        metrics.record_send(store.redis, store.keys, status, seconds)
+    except RedisError as exc:
+        log.warning("could not record metrics for %s: %s", status, exc)
 
 
 def _arguments(store: Store, instance: Instance, settings: Settings) -> tuple[Any, int]:
