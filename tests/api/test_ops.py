@@ -3,6 +3,9 @@ dialects, on a real Redis with apps built from explicit settings."""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
 import time
 
 import pytest
@@ -253,3 +256,30 @@ def test_create_body_is_still_read_after_the_key_is(settings: Settings, store: S
         "/v.1.1/create_scheduled_event", json={"api_key": key, **event_body("r1")}
     )
     assert response.status_code == 200, response.get_json()
+
+
+# -- logs ------------------------------------------------------------------------------
+
+
+def test_json_log_format_gives_the_web_json_lines(
+    settings: Settings, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = logging.getLogger()
+    access = logging.getLogger("gunicorn.access")
+    access_handler = logging.StreamHandler(sys.stderr)  # as gunicorn sets it up
+    access.addHandler(access_handler)
+    level = root.level
+    try:
+        app_for(settings, store, log_format="json")
+        logging.getLogger("sendbeat.web").warning("hello %s", "there")
+        access.info('127.0.0.1 "GET /healthz HTTP/1.1" 200')
+    finally:
+        for handler in [h for h in root.handlers if getattr(h, "sendbeat", False)]:
+            root.removeHandler(handler)
+        access.removeHandler(access_handler)
+        root.setLevel(level)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert {"level": "WARNING", "logger": "sendbeat.web", "message": "hello there"}.items() <= (
+        next(e for e in lines if e["logger"] == "sendbeat.web").items()
+    )
+    assert any(e["logger"] == "gunicorn.access" for e in lines)
