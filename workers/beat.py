@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery.beat import Scheduler
@@ -22,11 +23,15 @@ log = logging.getLogger("sendbeat.beat")
 
 # A claim whose publish is unconfirmed this long is taken to be lost (its beat died).
 UNCONFIRMED_AFTER = 30
+# Batches claimed per tick; the heartbeat and the waiting sets are seen to between ticks.
+BATCHES_PER_TICK = 10
 
 
 class SendbeatScheduler(Scheduler):
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self._context = context_for(app.sendbeat_settings)
+        # One thread runs claims while the main thread plans the next batch.
+        self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claim")
         super().__init__(app, *args, **kwargs)
 
     def setup_schedule(self) -> None:
@@ -37,14 +42,21 @@ class SendbeatScheduler(Scheduler):
         settings = self._context.settings
         store = self._context.store
         try:
-            due = dispatch_due(store, self._context.publisher, now(), settings.beat_batch_size)
+            due = dispatch_due(
+                store,
+                self._context.publisher,
+                now(),
+                settings.beat_batch_size,
+                batches=BATCHES_PER_TICK,
+                claimer=self._claimer,
+            )
             self._release()
             store.heartbeat(time.time())
             next_at = store.next_due_at()
         except (RedisError, DispatchError) as exc:
             log.warning("beat could not dispatch, will try again: %s", exc)
             return settings.beat_max_sleep
-        if due >= settings.beat_batch_size:
+        if due >= settings.beat_batch_size * BATCHES_PER_TICK:
             return 0.0  # more is due right now
         if next_at is None:
             return settings.beat_max_sleep
@@ -58,6 +70,7 @@ class SendbeatScheduler(Scheduler):
             log.info("published %d waiting executions (retries, lost leases or publishes)", count)
 
     def close(self) -> None:
+        self._claimer.shutdown(wait=True)
         self._context.publisher.close()
         super().close()
 

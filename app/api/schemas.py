@@ -34,10 +34,18 @@ class SendRequest(Schema):
     )
 
 
+# A uid is printable text: control characters are refused (beat's claims use two of
+# them as separators).
+UID = [
+    validate.Length(min=1, max=255),
+    validate.Regexp(r"^[^\x00-\x1f\x7f]*$", error="Must not contain control characters."),
+]
+
+
 class EventBody(Body):
     uid = fields.String(
         load_default=None,
-        validate=validate.Length(min=1, max=255),
+        validate=UID,
         metadata={"description": "Unique per project; a new UUID when left out."},
     )
     schedule = fields.String(
@@ -98,7 +106,7 @@ class EventsBody(Body):
 
 
 class UidBody(Body):
-    uid = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    uid = fields.String(required=True, validate=UID)
 
 
 class PageBody(UidBody):
@@ -135,7 +143,7 @@ class ListBody(Body):
 
 
 class SendBody(Body):
-    uid = fields.String(load_default=None, validate=validate.Length(min=1, max=255))
+    uid = fields.String(load_default=None, validate=UID)
     arguments = fields.Dict(required=True)
 
 

@@ -6,8 +6,8 @@ and the beat scheduler stay thin and tests pin the time.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable
+import os
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -59,7 +59,13 @@ def uid_taken(uid: str) -> UidTaken:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text; a third of ``str(uuid.uuid4())``'s cost,
+    which beat pays for every occurrence it claims."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def epoch(moment: datetime) -> int:
@@ -173,7 +179,7 @@ def trigger(store: Store, publisher: Publisher, event: Event, now: datetime) -> 
     return instance
 
 
-def plan_claim(event: DueEvent, now: int, message: Callable[[str], str]) -> Claim:
+def plan_claim(event: DueEvent, now: int) -> Claim:
     """Decide what to do with one due event: send its latest occurrence if it is within
     the catch-up window, record the older ones as missed, and find the next run."""
     occurrences: tuple[int, ...] = (event.scheduled_at,)
@@ -188,8 +194,11 @@ def plan_claim(event: DueEvent, now: int, message: Callable[[str], str]) -> Clai
         event_id=event.id,
         at=event.scheduled_at,
         next_at=next_at,
-        send=(send_id, latest, message(send_id)) if on_time else None,
+        send=(send_id, latest) if on_time else None,
         missed=tuple((new_id(), at) for at in missed[-MAX_MISSED_PER_CLAIM:]),
+        event_uid=event.uid,
+        project_id=event.project_id,
+        overlap=event.overlap,
     )
 
 
@@ -211,16 +220,37 @@ def _occurrences(
     return tuple(occurrences), None if at is None else epoch(at)
 
 
-def dispatch_due(store: Store, publisher: Publisher, now: datetime, limit: int) -> int:
-    """Claim and publish every occurrence due at ``now`` (up to ``limit`` events);
-    return how many events were due."""
+def dispatch_due(
+    store: Store,
+    publisher: Publisher,
+    now: datetime,
+    batch: int,
+    *,
+    batches: int = 1,
+    claimer: Executor | None = None,
+) -> int:
+    """Claim and publish what is due at ``now``: up to ``batches`` claims of ``batch``
+    events each; return how many events were due.
+
+    With a ``claimer`` (one thread), beat plans the next batch while Redis runs the
+    claim of the one before: Python and Redis work side by side instead of in turn.
+    """
     stamp = epoch(now)
-    events = store.due_events(stamp, limit)
-    if not events:
-        return 0
-    claims = [plan_claim(e, stamp, publisher.message) for e in events]
-    written = store.claim(claims, stamp, publisher.direct_queue)
-    if publisher.direct_queue is None:
+    events = store.due_events(stamp, batch * batches)
+    queue, parts = publisher.direct_queue, publisher.template_parts
+    written: list[tuple[str, str]] = []
+    running: Future[list[tuple[str, str]]] | None = None
+    for start in range(0, len(events), batch):
+        claims = [plan_claim(e, stamp) for e in events[start : start + batch]]
+        if claimer is None:
+            written += store.claim(claims, stamp, queue, parts)
+            continue
+        if running is not None:
+            written += running.result()
+        running = claimer.submit(store.claim, claims, stamp, queue, parts)
+    if running is not None:
+        written += running.result()
+    if queue is None:
         queued = [iid for iid, status in written if status == InstanceStatus.QUEUED]
         publisher.publish(queued)
         store.published(queued)

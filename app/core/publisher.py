@@ -8,7 +8,6 @@ carries only the execution record's id: the worker reads the rest from Redis.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -60,26 +59,44 @@ def task_message(instance_id: str, origin: str) -> tuple[tuple[Any, ...], dict[s
     return body, headers
 
 
-def redis_message(instance_id: str, queue: str, origin: str) -> str:
-    """One task message exactly as kombu's Redis transport stores it in the queue list,
-    so Redis-side code (Lua) can push it without a kombu round trip per message."""
-    body, headers = task_message(instance_id, origin)
-    return json.dumps(
-        {
-            "body": base64.b64encode(json.dumps(body).encode()).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": headers,
-            "properties": {
-                "correlation_id": instance_id,
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": queue, "routing_key": queue},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-    )
+class RedisMessages:
+    """Task messages exactly as kombu's Redis transport stores them in the queue list,
+    so Redis-side code can push them without a kombu round trip each.
+
+    One template serves every message: ``@@id@@`` stands for the execution id and
+    ``@@tag@@`` for kombu's delivery tag. The body is plain JSON (no ``body_encoding``,
+    which kombu reads as-is), so claim.lua fills the template by string substitution.
+    """
+
+    ID, TAG = "@@id@@", "@@tag@@"
+
+    def __init__(self, queue: str, origin: str) -> None:
+        body, headers = task_message(self.ID, origin)
+        self.template = json.dumps(
+            {
+                "body": json.dumps(body),
+                "content-encoding": "utf-8",
+                "content-type": "application/json",
+                "headers": headers,
+                "properties": {
+                    "correlation_id": self.ID,
+                    "delivery_mode": 2,
+                    "delivery_info": {"exchange": queue, "routing_key": queue},
+                    "priority": 0,
+                    "delivery_tag": self.TAG,
+                },
+            }
+        )
+
+    @property
+    def parts(self) -> list[str]:
+        """The template split around the id, the tag being the id too (claim.lua)."""
+        return self.template.replace(self.TAG, self.ID).split(self.ID)
+
+    def __call__(self, instance_id: str) -> str:
+        # A fresh tag: another copy of this execution may still be unacked somewhere.
+        tag = f"{instance_id}.{uuid.uuid4().hex[:12]}"
+        return self.template.replace(self.ID, instance_id).replace(self.TAG, tag)
 
 
 def same_redis(broker_url: str, redis_url: str) -> bool:
@@ -102,12 +119,17 @@ class Publisher:
         self.direct_queue = queue if store_url and same_redis(broker_url, store_url) else None
         self._timeout = connect_timeout
         self._origin = f"sendbeat@{socket.gethostname()}:{os.getpid()}"
+        self._messages = RedisMessages(queue, self._origin)
         self._connection: Connection | None = None
         # gunicorn's threads share one publisher; kombu connections are not thread-safe.
         self._lock = threading.RLock()  # re-entrant: a signal handler may close mid-publish
 
     def message(self, instance_id: str) -> str:
-        return redis_message(instance_id, self._queue.name, self._origin)
+        return self._messages(instance_id)
+
+    @property
+    def template_parts(self) -> list[str]:
+        return self._messages.parts
 
     def publish(self, instance_ids: Iterable[str]) -> None:
         """Publish one task per execution id; raise DispatchError if the broker refuses."""

@@ -3,10 +3,8 @@ and called by its SHA (redis-py's ``Script`` reloads it after a server restart).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
 from redis import Redis
 
@@ -24,20 +22,20 @@ class Claim:
     event_id: str
     at: int
     next_at: int | None
-    send: tuple[str, int, str] | None  # (instance id, scheduled epoch, task message)
+    send: tuple[str, int] | None  # (instance id, scheduled epoch)
     missed: tuple[tuple[str, int], ...] = ()
+    event_uid: str = ""
+    project_id: str = ""
+    overlap: str = "skip"
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "event": self.event_id,
-            "at": self.at,
-            "next": self.next_at,
-            "send": None
-            if self.send is None
-            else {"id": self.send[0], "at": self.send[1], "message": self.send[2]},
-            # An empty Lua table encodes as {} in cjson; a list keeps ipairs happy either way.
-            "missed": [{"id": iid, "at": at} for iid, at in self.missed],
-        }
+    def record(self) -> str:
+        """The claim as claim.lua reads it: nine fields separated by \x1f."""
+        send_id, send_at = self.send or ("", "")
+        missed = " ".join(f"{iid} {at}" for iid, at in self.missed)
+        next_at = "" if self.next_at is None else self.next_at
+        fields = (self.event_id, self.at, next_at, self.event_uid, self.project_id,
+                  self.overlap, send_id, send_at, missed)  # fmt: skip
+        return "\x1f".join(map(str, fields))
 
 
 class Scripts:
@@ -46,10 +44,17 @@ class Scripts:
         self._claim = redis.register_script(_source("claim"))
         self._start = redis.register_script(_source("start"))
         self._publish = redis.register_script(_source("publish"))
+        self._due = redis.register_script(_source("due"))
         self._cancel = redis.register_script(_source("cancel"))
 
     def claim(
-        self, claims: list[Claim], *, now: int, retention: int, queue: str | None
+        self,
+        claims: list[Claim],
+        *,
+        now: int,
+        retention: int,
+        queue: str | None,
+        template: list[str],
     ) -> list[tuple[str, str]]:
         """Claim the occurrences (and push their task messages onto ``queue`` when the
         broker is this Redis); return (instance id, status) for each record written."""
@@ -62,7 +67,9 @@ class Scripts:
                 retention,
                 self._keys.event(""),
                 self._keys.instance(""),
-                json.dumps([c.as_json() for c in claims]),
+                len(template) if queue else 0,
+                *(template if queue else []),
+                "\x1e".join(claim.record() for claim in claims),
             ],
         )
         values = [v.decode() if isinstance(v, bytes) else v for v in flat]
@@ -91,3 +98,10 @@ class Scripts:
         keys = [self._keys.pending, self._keys.retry, self._keys.event_active(event_id)]
         reply = self._cancel(keys=keys, args=[now, self._keys.instance(""), *instance_ids])
         return [v.decode() if isinstance(v, bytes) else v for v in reply]
+
+    def due(self, now: int, limit: int, fields: tuple[str, ...]) -> list[list[str]]:
+        """[event id, score, *fields] for each due event, earliest first."""
+        flat = self._due(keys=[self._keys.due], args=[now, limit, self._keys.event(""), *fields])
+        width = 2 + len(fields)
+        values = [v.decode() if isinstance(v, bytes) else v for v in flat]
+        return [values[i : i + width] for i in range(0, len(values), width)]

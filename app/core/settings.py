@@ -93,7 +93,10 @@ class Settings:
             ),
             default_retries=_int(env, "SENDBEAT_RETRIES", defaults.default_retries, 0, 50),
             beat_max_sleep=_float(env, "SENDBEAT_BEAT_MAX_SLEEP", defaults.beat_max_sleep),
-            beat_batch_size=_int(env, "SENDBEAT_BEAT_BATCH_SIZE", defaults.beat_batch_size, 1),
+            # claim.lua unpacks a batch into single commands: Lua's stack bounds it.
+            beat_batch_size=_int(
+                env, "SENDBEAT_BEAT_BATCH_SIZE", defaults.beat_batch_size, 1, 2000
+            ),
             send_lease=_int(env, "SENDBEAT_SEND_LEASE", defaults.send_lease, 5),
             visibility_timeout=_int(
                 env, "SENDBEAT_VISIBILITY_TIMEOUT", defaults.visibility_timeout, 5

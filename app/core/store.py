@@ -155,14 +155,18 @@ class DueEvent:
     """What beat needs of a due event to plan its claim (not its message)."""
 
     id: str
+    scheduled_at: int
     schedule: str
     timezone: str
     event_type: str
     catchup_window: int
-    scheduled_at: int
+    uid: str
+    project_id: str
+    overlap: str
 
 
-DUE_FIELDS = ("schedule", "timezone", "event_type", "catchup_window")
+DUE_FIELDS = ("schedule", "timezone", "event_type", "catchup_window", "uid", "project_id",
+              "overlap")  # fmt: skip
 
 
 @dataclass
@@ -212,7 +216,6 @@ class Instance:
 
     def to_hash(self) -> dict[str, str | int]:
         fields: dict[str, str | int] = {
-            "id": self.id,
             "project_id": self.project_id,
             "event_id": self.event_id,
             "event_uid": self.event_uid,
@@ -227,12 +230,12 @@ class Instance:
         return fields
 
     @classmethod
-    def from_hash(cls, raw: dict[str, str]) -> Instance:
+    def from_hash(cls, instance_id: str, raw: dict[str, str]) -> Instance:
         def opt_int(name: str) -> int | None:
             return int(float(raw[name])) if raw.get(name) else None
 
         return cls(
-            id=raw["id"],
+            id=instance_id,
             project_id=raw.get("project_id", ""),
             event_id=raw.get("event_id", ""),
             event_uid=raw.get("event_uid", ""),
@@ -466,27 +469,30 @@ class Store:
 
     def due_events(self, now: int, limit: int) -> list[DueEvent]:
         """Events whose next run is at or before ``now``, earliest first: only the fields
-        beat needs, so a large batch costs one round trip and little transfer."""
-        due = self.redis.zrangebyscore(
-            self.keys.due, "-inf", now, start=0, num=limit, withscores=True
-        )
-        pipe = self.redis.pipeline(transaction=False)
-        for event_id, _ in due:
-            pipe.hmget(self.keys.event(event_id), DUE_FIELDS)
+        beat needs, read in one command (due.lua)."""
         return [
-            DueEvent(event_id, schedule, timezone, event_type, int(window), int(score))
-            for (event_id, score), (schedule, timezone, event_type, window) in zip(
-                due, pipe.execute(), strict=True
-            )
-            if schedule is not None
-        ]
+            DueEvent(event_id, int(float(score)), schedule, timezone, event_type,
+                     int(window), uid, project_id, overlap)
+            for event_id, score, schedule, timezone, event_type, window, uid, project_id,
+            overlap in self.scripts.due(now, limit, DUE_FIELDS)
+        ]  # fmt: skip
 
     def next_due_at(self) -> int | None:
         first = self.redis.zrange(self.keys.due, 0, 0, withscores=True)
         return int(first[0][1]) if first else None
 
-    def claim(self, claims: list[Claim], now: int, queue: str | None) -> list[tuple[str, str]]:
-        return self.scripts.claim(claims, now=now, retention=self.retention, queue=queue)
+    def claim(
+        self,
+        claims: list[Claim],
+        now: int,
+        queue: str | None = None,
+        template: list[str] | None = None,
+    ) -> list[tuple[str, str]]:
+        """Claim the occurrences; with ``queue`` (the broker is this Redis) also push their
+        task messages, built from ``template``'s parts, in the same atomic step."""
+        return self.scripts.claim(
+            claims, now=now, retention=self.retention, queue=queue, template=template or []
+        )
 
     def waiting(self, waiting_key: str, until: float, limit: int = 1000) -> list[str]:
         """Ids in a waiting set (retry, running, pending) whose time has come."""
@@ -545,7 +551,7 @@ class Store:
 
     def instance(self, instance_id: str) -> Instance | None:
         raw = self.redis.hgetall(self.keys.instance(instance_id))
-        return Instance.from_hash(raw) if raw else None
+        return Instance.from_hash(instance_id, raw) if raw else None
 
     def start_instance(self, instance_id: str, now: int, lease: int) -> tuple[str, int]:
         return self.scripts.start(instance_id, now=now, lease=lease)
@@ -581,10 +587,15 @@ class Store:
         instance.status, instance.completed_at, instance.error = status, now, error
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.instance(instance.id), mapping=fields)
+        pipe.expire(self.keys.instance(instance.id), self.retention)
         pipe.zrem(self.keys.pending, instance.id)
         pipe.zrem(self.keys.running, instance.id)
         if instance.event_id:
             pipe.srem(self.keys.event_active(instance.event_id), instance.id)
+            # The event's index of executions is trimmed here, off beat's hot path.
+            pipe.zremrangebyscore(
+                self.keys.event_instances(instance.event_id), "-inf", now - self.retention
+            )
             if status in (InstanceStatus.SUCCEEDED, InstanceStatus.FAILED):
                 event_key = self.keys.event(instance.event_id)
                 pipe.exists(event_key)
@@ -611,4 +622,6 @@ class Store:
             pipe.hgetall(self.keys.instance(iid))
         pipe.zcard(key)
         *raws, total = pipe.execute()
-        return [Instance.from_hash(raw) for raw in raws if raw], int(total)
+        return [Instance.from_hash(i, raw) for i, raw in zip(ids, raws, strict=True) if raw], int(
+            total
+        )

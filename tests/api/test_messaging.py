@@ -355,3 +355,10 @@ def test_wall_clock_schedules_follow_the_event_timezone(api: Api) -> None:
     assert record["timezone"] == "America/New_York"
     assert record["scheduled_at"] == "2019-01-05T14:00:00+00:00"  # 09:00 EST, in UTC
     assert record["next_runs"][:2] == ["2019-01-05T14:00:00+00:00", "2019-01-06T14:00:00+00:00"]
+
+
+def test_a_uid_with_control_characters_is_refused(api: Api) -> None:
+    response = api.call("create_scheduled_event", event_body("tab\there"))
+
+    assert response.status_code == 400
+    assert response.get_json()["data"]["errors"] == ["uid: Must not contain control characters."]

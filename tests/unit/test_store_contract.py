@@ -44,6 +44,10 @@ class Recorder:
     def publish(self, ids: list[str]) -> None:
         self.published.extend(ids)
 
+    @property
+    def template_parts(self) -> list[str]:
+        return []
+
     def message(self, instance_id: str) -> str:
         return f"task:{instance_id}"
 
@@ -57,10 +61,10 @@ def add(store: Store, schedule: str, **extra: object) -> str:
 def test_an_occurrence_is_claimed_once(any_store: Store) -> None:
     event_id = add(any_store, "every 1 mins")
     [event] = any_store.due_events(T0 + 30, 10)
-    claim = plan_claim(event, T0 + 30, str)
+    claim = plan_claim(event, T0 + 30)
 
     first = any_store.claim([claim], T0 + 30, None)
-    second = any_store.claim([plan_claim(event, T0 + 30, str)], T0 + 30, None)
+    second = any_store.claim([plan_claim(event, T0 + 30)], T0 + 30, None)
 
     assert first == [(claim.send[0], "queued")]  # type: ignore[index]
     assert second == []
