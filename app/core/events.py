@@ -6,13 +6,18 @@ and the beat scheduler stay thin and tests pin the time.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from app.core import metrics
 from app.core.clock import from_timestamp
 from app.core.errors import Conflict, DispatchError, InvalidSchedule, UidTaken, ValidationError
 from app.core.message import validate_arguments
@@ -20,6 +25,8 @@ from app.core.publisher import Publisher
 from app.core.schedules import Schedule, parse_schedule
 from app.core.scripts import Claim
 from app.core.store import DueEvent, Event, Instance, InstanceStatus, Store
+
+log = logging.getLogger("sendbeat.beat")
 
 # A beat that was down for long must not walk every lost occurrence of a fine-grained
 # schedule one by one; past this many it records the most recent ones and jumps ahead.
@@ -240,8 +247,10 @@ def dispatch_due(
     queue, parts = publisher.direct_queue, publisher.template_parts
     written: list[tuple[str, str]] = []
     running: Future[list[tuple[str, str]]] | None = None
+    sends: dict[str, int] = {}  # instance id -> the occurrence it sends, for metrics
     for start in range(0, len(events), batch):
         claims = [plan_claim(e, stamp) for e in events[start : start + batch]]
+        sends.update(c.send for c in claims if c.send is not None)
         if claimer is None:
             written += store.claim(claims, stamp, queue, parts)
             continue
@@ -254,7 +263,22 @@ def dispatch_due(
         queued = [iid for iid, status in written if status == InstanceStatus.QUEUED]
         publisher.publish(queued)
         store.published(queued)
+    _record_dispatch(store, sends, written)
     return len(events)
+
+
+def _record_dispatch(store: Store, sends: dict[str, int], written: list[tuple[str, str]]) -> None:
+    """Count what beat wrote and how late each queued occurrence reached the broker."""
+    published_at = time.time()
+    lateness = [
+        published_at - sends[iid]
+        for iid, status in written
+        if status == InstanceStatus.QUEUED and iid in sends
+    ]
+    try:
+        metrics.record_dispatch(store.redis, store.keys, written, lateness)
+    except RedisError as exc:  # a dispatch never fails over its metrics
+        log.warning("could not record dispatch metrics: %s", exc)
 
 
 def release_waiting(store: Store, publisher: Publisher, now: datetime, *, unconfirmed: int) -> int:

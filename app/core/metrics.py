@@ -76,8 +76,12 @@ def record_dispatch(
     pipe = redis.pipeline(transaction=False)
     for status, count in _count(status for _, status in written).items():
         pipe.hincrby(keys.metrics_executions, status, count)
-    for seconds in lateness:
-        _observe(pipe, keys.metrics_lateness, seconds)
+    # Beat publishes many occurrences at once: one increment per bucket, not per value.
+    for bucket, count in _count(bucket_of(max(0.0, s)) for s in lateness).items():
+        pipe.hincrby(keys.metrics_lateness, bucket, count)
+    if lateness:
+        pipe.hincrby(keys.metrics_lateness, "count", len(lateness))
+        pipe.hincrbyfloat(keys.metrics_lateness, "sum", sum(max(0.0, s) for s in lateness))
     pipe.execute()
 
 

@@ -193,3 +193,15 @@ def test_a_copy_that_stands_down_keeps_the_record_watched(any_store: Store) -> N
 
     # The record is watched again, so a worker that dies now is still noticed.
     assert any_store.waiting(any_store.keys.running, T0 + 37) == [iid]
+
+
+def test_dispatch_counts_what_it_wrote_and_how_late(any_store: Store) -> None:
+    add(any_store, "every 1 mins", catchup_window=120)
+    recorder = Recorder()
+
+    dispatch_due(any_store, recorder, datetime.fromtimestamp(T0 + 30 + 180, UTC), 100)  # type: ignore[arg-type]
+
+    counts = any_store.redis.hgetall(any_store.keys.metrics_executions)
+    lateness = any_store.redis.hgetall(any_store.keys.metrics_lateness)
+    assert (counts["queued"], counts["missed"]) == ("1", "3")
+    assert lateness["count"] == "1"  # one occurrence published, one lateness observed
