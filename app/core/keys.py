@@ -12,7 +12,9 @@ Key schema (``{p}`` is the configured prefix, ``SENDBEAT_KEY_PREFIX``, default
     {p}:project:{pid}:events        ZSET  event id -> creation sequence number, for listing
     {p}:project:{pid}:event-seq     STRING the last creation sequence number
     {p}:project:{pid}:messages      HASH  send_message uid -> instance id (dedupe)
-    {p}:event:{eid}                 HASH  the event (see ``app.core.store``)
+    {p}:event:{eid}                 HASH  the event (see ``app.core.store``): small fields
+                                          only, so Redis keeps it in its compact encoding
+    {p}:event:{eid}:metadata        STRING the event's send_message request (JSON)
     {p}:event:{eid}:instances       ZSET  instance id -> scheduled_for (epoch s), newest last
     {p}:event:{eid}:active          SET   instance ids queued or running (overlap policy)
     {p}:due                         ZSET  event id -> next run (epoch s); absent when
@@ -73,6 +75,9 @@ class Keys:
 
     def event(self, event_id: str) -> str:
         return f"{self.prefix}:event:{event_id}"
+
+    def event_metadata(self, event_id: str) -> str:
+        return f"{self.prefix}:event:{event_id}:metadata"
 
     def event_instances(self, event_id: str) -> str:
         return f"{self.prefix}:event:{event_id}:instances"

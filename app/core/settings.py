@@ -68,10 +68,15 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         defaults = cls()
-        redis_url = _url(env, "REDIS_URL", defaults.redis_url, {"redis", "rediss", "unix"})
+        # Heroku Redis serves rediss:// with a self-signed certificate and owns REDIS_URL,
+        # so the option is added here, where every client (store, broker, limiter) reads it.
+        verify = _bool(env, "SENDBEAT_REDIS_TLS_VERIFY", True)
+        redis_url = _tls(_url(env, "REDIS_URL", defaults.redis_url, {"redis", "rediss", "unix"}),
+                         verify)  # fmt: skip
+        broker = _url(env, "BROKER_URL", "", {"redis", "rediss", "amqp", "amqps", "unix"})
         return cls(
             redis_url=redis_url,
-            broker_url=_url(env, "BROKER_URL", "", {"redis", "rediss", "amqp", "amqps", "unix"}),
+            broker_url=_tls(broker, verify),
             mail_url=_url(
                 env, "MAIL_URL", defaults.mail_url, {"smtp", "smtps", "maildir", "console"}
             ),
@@ -195,3 +200,10 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     if value.lower() not in choices:
         raise SettingsError(f"{name}={value!r}: expected one of {', '.join(choices)}")
     return value.lower()
+
+
+def _tls(url: str, verify: bool) -> str:
+    """With verification off, a rediss:// URL skips the certificate check."""
+    if verify or not url.startswith("rediss://") or "ssl_cert_reqs=" in url:
+        return url
+    return url + ("&" if "?" in url else "?") + "ssl_cert_reqs=none"

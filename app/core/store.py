@@ -55,6 +55,11 @@ class Project:
     key_prefixes: tuple[str, ...] = ()
 
 
+# Defaults fixed by the product contract (not by settings): an event hash leaves these
+# fields out when they hold them.
+FIXED_DEFAULTS = {"timezone": "UTC", "overlap": "skip"}
+
+
 @dataclass
 class Event:
     id: str
@@ -108,42 +113,62 @@ class Event:
         }
 
     def to_hash(self) -> dict[str, str | int]:
-        return {
-            "id": self.id,
+        """The hash fields; the id is the key's, and unset times are left out (a compact
+        hash is a few hundred bytes per event at scale)."""
+        fields: dict[str, str | int] = {
             "uid": self.uid,
             "project_id": self.project_id,
             "schedule": self.schedule,
             "timezone": self.timezone,
             "event_type": self.event_type,
             "status": self.status,
-            "metadata": json.dumps(self.metadata, separators=(",", ":")),
             "catchup_window": self.catchup_window,
             "overlap": self.overlap,
             "retries": self.retries,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-            "suspended_at": "" if self.suspended_at is None else self.suspended_at,
-            "run_at": "" if self.run_at is None else self.run_at,
         }
+        if self.suspended_at is not None:
+            fields["suspended_at"] = self.suspended_at
+        if self.run_at is not None:
+            fields["run_at"] = self.run_at
+        for name, default in FIXED_DEFAULTS.items():
+            if fields[name] == default:
+                del fields[name]
+        if self.updated_at == self.created_at:
+            del fields["updated_at"]  # never updated: it reads as created_at
+        return fields
+
+    @staticmethod
+    def cleared() -> tuple[str, ...]:
+        """Fields ``to_hash`` leaves out when unset, to delete on rewrite."""
+        return ("suspended_at", "run_at", "updated_at", *FIXED_DEFAULTS)
 
     @classmethod
-    def from_hash(cls, raw: dict[str, str], scheduled_at: float | None) -> Event:
+    def from_hash(
+        cls,
+        event_id: str,
+        raw: dict[str, str],
+        scheduled_at: float | None,
+        metadata: str | None,
+        last_run: dict[str, Any] | None,
+    ) -> Event:
         return cls(
-            id=raw["id"],
+            id=event_id,
             uid=raw["uid"],
             project_id=raw["project_id"],
             schedule=raw["schedule"],
-            timezone=raw["timezone"],
+            timezone=raw.get("timezone", FIXED_DEFAULTS["timezone"]),
             event_type=raw["event_type"],
             status=raw["status"],
-            metadata=json.loads(raw["metadata"]),
+            metadata=json.loads(metadata or "{}"),
             catchup_window=int(raw["catchup_window"]),
-            overlap=raw["overlap"],
+            overlap=raw.get("overlap", FIXED_DEFAULTS["overlap"]),
             retries=int(raw["retries"]),
             created_at=int(raw["created_at"]),
-            updated_at=int(raw["updated_at"]),
+            updated_at=int(raw.get("updated_at", raw["created_at"])),
             run_count=int(raw.get("run_count", 0)),
-            last_run=json.loads(raw["last_run"]) if raw.get("last_run") else None,
+            last_run=last_run,
             suspended_at=int(raw["suspended_at"]) if raw.get("suspended_at") else None,
             run_at=int(raw["run_at"]) if raw.get("run_at") else None,
             scheduled_at=None if scheduled_at is None else int(scheduled_at),
@@ -403,7 +428,7 @@ class Store:
         if reschedule:
             self._write_event(pipe, event)
         else:
-            pipe.hset(self.keys.event(event.id), mapping=event.to_hash())
+            self._put_event(pipe, event)
         pipe.execute()
 
     def cancel_queued(self, event_id: str, now: int) -> list[str]:
@@ -411,8 +436,18 @@ class Store:
         active = sorted(self.redis.smembers(self.keys.event_active(event_id)))
         return self.scripts.cancel(event_id, active, now=now)
 
+    def _put_event(self, pipe: Any, event: Event) -> None:
+        fields = event.to_hash()
+        unset = [name for name in Event.cleared() if name not in fields]
+        if unset:
+            pipe.hdel(self.keys.event(event.id), *unset)
+        pipe.hset(self.keys.event(event.id), mapping=fields)
+        pipe.set(
+            self.keys.event_metadata(event.id), json.dumps(event.metadata, separators=(",", ":"))
+        )
+
     def _write_event(self, pipe: Any, event: Event) -> None:
-        pipe.hset(self.keys.event(event.id), mapping=event.to_hash())
+        self._put_event(pipe, event)
         if event.scheduled_at is None or event.status != "activated":
             pipe.zrem(self.keys.due, event.id)
         else:
@@ -424,7 +459,7 @@ class Store:
         cancelled = self.cancel_queued(event.id, now)
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(self.keys.due, event.id)
-        pipe.delete(self.keys.event(event.id))
+        pipe.delete(self.keys.event(event.id), self.keys.event_metadata(event.id))
         pipe.hdel(self.keys.uids(event.project_id), event.uid)
         pipe.zrem(self.keys.project_events(event.project_id), event.id)
         pipe.execute()
@@ -447,11 +482,27 @@ class Store:
         for event_id in ids:
             pipe.hgetall(self.keys.event(event_id))
             pipe.zscore(self.keys.due, event_id)
+            pipe.get(self.keys.event_metadata(event_id))
         replies = pipe.execute()
+        rows = list(zip(replies[::3], replies[1::3], replies[2::3], strict=True))
+        last_runs = self._summaries([raw.get("last_run", "") for raw, _, _ in rows])
         return [
-            Event.from_hash(raw, score) if raw else None
-            for raw, score in zip(replies[::2], replies[1::2], strict=True)
+            Event.from_hash(event_id, raw, score, metadata, last_run) if raw else None
+            for event_id, (raw, score, metadata), last_run in zip(ids, rows, last_runs, strict=True)
         ]
+
+    def _summaries(self, instance_ids: list[str]) -> list[dict[str, Any] | None]:
+        """Summaries of these executions (None for "" or one no longer kept)."""
+        known = [iid for iid in instance_ids if iid]
+        pipe = self.redis.pipeline()
+        for iid in known:
+            pipe.hgetall(self.keys.instance(iid))
+        found = {
+            iid: Instance.from_hash(iid, raw).summary()
+            for iid, raw in zip(known, pipe.execute(), strict=True)
+            if raw
+        }
+        return [found.get(iid) for iid in instance_ids]
 
     def list_events(
         self, project_id: str, offset: int, limit: int, status: str | None = None
@@ -471,8 +522,9 @@ class Store:
         """Events whose next run is at or before ``now``, earliest first: only the fields
         beat needs, read in one command (due.lua)."""
         return [
-            DueEvent(event_id, int(float(score)), schedule, timezone, event_type,
-                     int(window), uid, project_id, overlap)
+            DueEvent(event_id, int(float(score)), schedule,
+                     timezone or FIXED_DEFAULTS["timezone"], event_type, int(window), uid,
+                     project_id, overlap or FIXED_DEFAULTS["overlap"])
             for event_id, score, schedule, timezone, event_type, window, uid, project_id,
             overlap in self.scripts.due(now, limit, DUE_FIELDS)
         ]  # fmt: skip
@@ -610,7 +662,8 @@ class Store:
     def _count_run(self, instance: Instance) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hincrby(self.keys.event(instance.event_id), "run_count", 1)
-        pipe.hset(self.keys.event(instance.event_id), "last_run", json.dumps(instance.summary()))
+        # The id only: a summary (JSON) would push the hash out of its compact encoding.
+        pipe.hset(self.keys.event(instance.event_id), "last_run", instance.id)
         pipe.execute()
 
     def list_instances(self, event_id: str, offset: int, limit: int) -> tuple[list[Instance], int]:

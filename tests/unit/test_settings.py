@@ -1,0 +1,49 @@
+"""Settings come from the environment once; bad values stop the start with the name."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.core.settings import Settings, SettingsError
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.effective_broker_url == settings.redis_url
+    assert (settings.rate_limit_messaging, settings.rate_limit_schedules) == (
+        "600/minute",
+        "60/minute",
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REDIS_URL": "http://x"}, "REDIS_URL='http://x': the URL must start with one of"),
+        ({"PORT": "eighty"}, "PORT='eighty': expected a whole number"),
+        ({"SENDBEAT_ALLOW_PRIVATE_REFS": "maybe"}, "SENDBEAT_ALLOW_PRIVATE_REFS='maybe'"),
+        ({"SENDBEAT_RATE_LIMIT_SCHEDULES": "lots"}, "SENDBEAT_RATE_LIMIT_SCHEDULES='lots'"),
+        ({"SENDBEAT_BEAT_BATCH_SIZE": "5000"}, "SENDBEAT_BEAT_BATCH_SIZE='5000'"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        Settings.from_env(env)
+
+
+def test_tls_verification_can_be_turned_off_for_rediss() -> None:
+    env = {
+        "REDIS_URL": "rediss://:pw@h.example:6380",
+        "BROKER_URL": "rediss://:pw@h.example:6380/1?a=b",
+        "SENDBEAT_REDIS_TLS_VERIFY": "0",
+    }
+
+    settings = Settings.from_env(env)
+
+    assert settings.redis_url == "rediss://:pw@h.example:6380?ssl_cert_reqs=none"
+    assert settings.broker_url == "rediss://:pw@h.example:6380/1?a=b&ssl_cert_reqs=none"
+    assert Settings.from_env({**env, "SENDBEAT_REDIS_TLS_VERIFY": "1"}).redis_url == (
+        "rediss://:pw@h.example:6380"
+    )
