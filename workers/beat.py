@@ -38,7 +38,8 @@ class SendbeatScheduler(Scheduler):
         """No static entries: every schedule lives in Redis."""
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        """Dispatch what is due; return how long to sleep (at most ``beat_max_sleep``)."""
+        """Dispatch what is due, then wait until the next run, at most ``beat_max_sleep``,
+        or until an event is (re)scheduled; Celery's loop calls again at once."""
         settings = self._context.settings
         store = self._context.store
         try:
@@ -53,14 +54,16 @@ class SendbeatScheduler(Scheduler):
             self._release()
             store.heartbeat(time.time())
             next_at = store.next_due_at()
+            if due >= settings.beat_batch_size * BATCHES_PER_TICK:
+                return 0.0  # more is due right now
+            sleep = settings.beat_max_sleep
+            if next_at is not None:
+                sleep = max(0.0, min(sleep, next_at - time.time()))
+            store.wait_for_wake(sleep)
         except (RedisError, DispatchError) as exc:
             log.warning("beat could not dispatch, will try again: %s", exc)
             return settings.beat_max_sleep
-        if due >= settings.beat_batch_size * BATCHES_PER_TICK:
-            return 0.0  # more is due right now
-        if next_at is None:
-            return settings.beat_max_sleep
-        return max(0.0, min(settings.beat_max_sleep, next_at - time.time()))
+        return 0.0
 
     def _release(self) -> None:
         count = release_waiting(

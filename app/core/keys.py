@@ -25,6 +25,8 @@ Key schema (``{p}`` is the configured prefix, ``SENDBEAT_KEY_PREFIX``, default
     {p}:retry                       ZSET  instance id -> when its retry is due (epoch s)
     {p}:running                     ZSET  instance id -> end of its worker's lease (epoch s)
     {p}:beat:heartbeat              STRING epoch s of the last beat tick
+    {p}:beat:wake                   LIST  at most one token: an event was (re)scheduled,
+                                          a sleeping beat looks again at once
     {p}:metrics:executions          HASH  execution status -> records that reached it
     {p}:metrics:lateness            HASH  dispatch lateness histogram: bucket upper bound
                                           ("0.05" ... "+Inf") -> observations in that bucket
@@ -103,6 +105,10 @@ class Keys:
     @property
     def running(self) -> str:
         return f"{self.prefix}:running"
+
+    @property
+    def beat_wake(self) -> str:
+        return f"{self.prefix}:beat:wake"
 
     @property
     def beat_heartbeat(self) -> str:

@@ -452,6 +452,9 @@ class Store:
             pipe.zrem(self.keys.due, event.id)
         else:
             pipe.zadd(self.keys.due, {event.id: event.scheduled_at})
+            # Wake a sleeping beat: this run may be due before it would look again.
+            pipe.lpush(self.keys.beat_wake, 1)
+            pipe.ltrim(self.keys.beat_wake, 0, 0)
 
     def delete_event(self, event: Event, now: int) -> list[str]:
         """Remove the event; return the ids of its executions that had not started, now
@@ -560,6 +563,12 @@ class Store:
     def published(self, instance_ids: list[str]) -> None:
         if instance_ids:
             self.redis.zrem(self.keys.pending, *instance_ids)
+
+    def wait_for_wake(self, timeout: float) -> bool:
+        """Sleep until an event is (re)scheduled or ``timeout`` passes; True when woken."""
+        if timeout <= 0:
+            return False
+        return self.redis.blpop([self.keys.beat_wake], timeout=timeout) is not None
 
     def heartbeat(self, now: float) -> None:
         self.redis.set(self.keys.beat_heartbeat, now)

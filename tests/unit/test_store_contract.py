@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -205,3 +206,17 @@ def test_dispatch_counts_what_it_wrote_and_how_late(any_store: Store) -> None:
     lateness = any_store.redis.hgetall(any_store.keys.metrics_lateness)
     assert (counts["queued"], counts["missed"]) == ("1", "3")
     assert lateness["count"] == "1"  # one occurrence published, one lateness observed
+
+
+def test_scheduling_an_event_wakes_a_sleeping_beat(any_store: Store) -> None:
+    assert any_store.wait_for_wake(0) is False
+
+    add(any_store, "every 1 mins")
+
+    assert any_store.redis.lrange(any_store.keys.beat_wake, 0, -1) == ["1"]
+    if isinstance(any_store.redis, fakeredis.FakeRedis):
+        return  # fakeredis does not block; the rest needs a real server
+    started = time.monotonic()
+    assert any_store.wait_for_wake(5) is True  # the token is there: no waiting
+    assert any_store.wait_for_wake(0.2) is False  # consumed; the next wait times out
+    assert time.monotonic() - started < 2
