@@ -8,6 +8,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
 
 from app.core.events import EventChanges, EventSpec
+from app.core.store import InstanceStatus
 
 
 class Body(Schema):
@@ -166,16 +167,7 @@ class SchedulePage(Schema):
 EVENT_STATUSES = ["activated", "suspend", "completed"]
 EVENT_TYPES = ["repeatable", "one_time"]
 TRIGGERS = ["schedule", "manual", "api"]
-INSTANCE_STATUSES = [
-    "queued",
-    "running",
-    "retrying",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "missed",
-    "skipped",
-]
+INSTANCE_STATUSES = [status.value for status in InstanceStatus]
 MESSAGING_ERROR_CODES = [
     "bad_request",
     "unauthorized",

@@ -15,7 +15,7 @@ from typing import Any
 from kombu import Connection
 from redis.exceptions import RedisError, ResponseError
 
-from app.core.publisher import task_queue
+from app.core.publisher import broker_connection, task_queue
 from app.core.store import Store
 
 OK = "ok"
@@ -59,17 +59,7 @@ class BrokerProbe:
 
     def _connect(self) -> Connection:
         if self._connection is None:
-            connection = Connection(
-                self._url,
-                connect_timeout=self._timeout,
-                transport_options={
-                    "socket_connect_timeout": self._timeout,
-                    "socket_timeout": self._timeout,
-                    "max_retries": 0,
-                },
-            )
-            self._connection = connection
-            connection.ensure_connection(max_retries=0, timeout=self._timeout)
+            self._connection = broker_connection(self._url, self._timeout, retries=0)
         return self._connection
 
     def close(self) -> None:

@@ -25,18 +25,10 @@ from prometheus_client.core import (
 )
 
 from app.core.keys import Keys
+from app.core.store import InstanceStatus
 
 BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, math.inf)
-STATUSES = (
-    "queued",
-    "running",
-    "retrying",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "missed",
-    "skipped",
-)
+STATUSES = tuple(status.value for status in InstanceStatus)
 
 
 def bucket_of(seconds: float) -> str:

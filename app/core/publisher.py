@@ -103,6 +103,22 @@ def same_redis(broker_url: str, redis_url: str) -> bool:
     return urlsplit(broker_url).scheme in ("redis", "rediss") and broker_url == redis_url
 
 
+def broker_connection(url: str, timeout: float, *, retries: int) -> Connection:
+    """A connected kombu connection that fails fast: a request waiting on a broker
+    that is down must answer, not hang."""
+    connection = Connection(
+        url,
+        connect_timeout=timeout,
+        transport_options={
+            "socket_connect_timeout": timeout,
+            "socket_timeout": timeout,
+            "max_retries": 0,
+        },
+    )
+    connection.ensure_connection(max_retries=retries, timeout=timeout)
+    return connection
+
+
 class Publisher:
     def __init__(
         self,
@@ -164,17 +180,7 @@ class Publisher:
 
     def _connect(self) -> Connection:
         if self._connection is None:
-            connection = Connection(
-                self._url,
-                connect_timeout=self._timeout,
-                transport_options={
-                    "socket_connect_timeout": self._timeout,
-                    "socket_timeout": self._timeout,
-                    "max_retries": 0,
-                },
-            )
-            connection.ensure_connection(max_retries=1, timeout=self._timeout)
-            self._connection = connection
+            self._connection = broker_connection(self._url, self._timeout, retries=1)
         return self._connection
 
     def close(self) -> None:
