@@ -1,0 +1,53 @@
+"""The operator commands, run as an operator runs them: ``flask --app app project ...``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from app.core.settings import Settings
+from app.core.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def flask(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REDIS_URL": settings.redis_url,
+           "SENDBEAT_KEY_PREFIX": settings.key_prefix}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "project", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_project_lifecycle(settings: Settings, store: Store) -> None:
+    created = flask(settings, "create", "acme")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]  # the key, alone on the last line
+    assert key.startswith("sb_") and " " not in key
+    assert store.project_for_key(key) is not None
+
+    listed = flask(settings, "list")
+    assert "acme" in listed.stdout and key[:12] in listed.stdout
+    assert key not in listed.stdout  # keys are shown once, at creation
+
+    rotated = flask(settings, "rotate-key", "acme")
+    new_key = rotated.stdout.strip().splitlines()[-1]
+    assert store.project_for_key(key) is None
+    assert store.project_for_key(new_key) is not None
+
+    revoked = flask(settings, "revoke-key", new_key[:12])
+    assert revoked.returncode == 0
+    assert store.project_for_key(new_key) is None
+
+
+def test_errors_are_clear_and_exit_non_zero(settings: Settings) -> None:
+    flask(settings, "create", "acme")
+
+    again = flask(settings, "create", "acme")
+    unknown = flask(settings, "rotate-key", "nobody")
+
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert unknown.returncode != 0 and "No project named 'nobody'" in unknown.stderr
