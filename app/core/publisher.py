@@ -137,6 +137,7 @@ class Publisher:
         self._origin = f"sendbeat@{socket.gethostname()}:{os.getpid()}"
         self._messages = RedisMessages(queue, self._origin)
         self._connection: Connection | None = None
+        self._declared = False
         # gunicorn's threads share one publisher; kombu connections are not thread-safe.
         self._lock = threading.RLock()  # re-entrant: a signal handler may close mid-publish
 
@@ -167,7 +168,9 @@ class Publisher:
             routing_key=self._queue.routing_key,
             serializer="json",
         )
-        self._queue.declare(channel=producer.channel)
+        if not self._declared:  # once per connection, not per publish: it costs round trips
+            self._queue.declare(channel=producer.channel)
+            self._declared = True
         for instance_id in ids:
             body, headers = task_message(instance_id, self._origin)
             producer.publish(
@@ -181,6 +184,7 @@ class Publisher:
     def _connect(self) -> Connection:
         if self._connection is None:
             self._connection = broker_connection(self._url, self._timeout, retries=1)
+            self._declared = False
         return self._connection
 
     def close(self) -> None:
