@@ -5,17 +5,14 @@ settings. Each check answers "ok" or says what is wrong, in words an operator ac
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from kombu import Connection
 from redis.exceptions import RedisError, ResponseError
 
-from app.core.publisher import broker_connection, task_queue
+from app.core.publisher import BrokerLink, reason, task_queue
 from app.core.store import Store
 
 OK = "ok"
@@ -31,46 +28,24 @@ class Readiness:
         return all(result == OK for result in self.checks.values())
 
 
-def reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
 class BrokerProbe:
     """Checks the broker over one kombu connection, kept between checks and rebuilt
     after a failure. Declaring the task queue (as the publisher and the workers do)
     is a real round trip on every transport."""
 
     def __init__(self, url: str, queue: str, timeout: float = 2.0) -> None:
-        self._url = url
         self._queue = task_queue(queue)
-        self._timeout = timeout
-        self._connection: Connection | None = None
-        self._lock = threading.Lock()  # gunicorn's threads share the probe
+        self._link = BrokerLink(url, timeout, retries=0)
 
     def check(self) -> str:
-        with self._lock:
-            try:
-                self._queue(self._connect().default_channel).declare()
-            except Exception as exc:  # kombu raises transport-specific errors
-                self._close()
-                return f"unreachable: {reason(exc)}"
-            return OK
-
-    def _connect(self) -> Connection:
-        if self._connection is None:
-            self._connection = broker_connection(self._url, self._timeout, retries=0)
-        return self._connection
+        try:
+            self._link.use(lambda connection: self._queue(connection.default_channel).declare())
+        except Exception as exc:  # kombu raises transport-specific errors
+            return f"unreachable: {reason(exc)}"
+        return OK
 
     def close(self) -> None:
-        with self._lock:
-            self._close()
-
-    def _close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):  # a broken connection may fail to close
-                connection.release()
+        self._link.close()
 
 
 def check_redis(store: Store) -> str:

@@ -14,8 +14,8 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from kombu import Connection, Exchange, Producer, Queue
@@ -23,6 +23,7 @@ from kombu import Connection, Exchange, Producer, Queue
 from app.core.errors import DispatchError
 
 SEND_MESSAGE_TASK = "sendbeat.send_message"
+T = TypeVar("T")
 
 
 def task_queue(name: str) -> Queue:
@@ -103,20 +104,57 @@ def same_redis(broker_url: str, redis_url: str) -> bool:
     return urlsplit(broker_url).scheme in ("redis", "rediss") and broker_url == redis_url
 
 
-def broker_connection(url: str, timeout: float, *, retries: int) -> Connection:
-    """A connected kombu connection that fails fast: a request waiting on a broker
-    that is down must answer, not hang."""
-    connection = Connection(
-        url,
-        connect_timeout=timeout,
-        transport_options={
-            "socket_connect_timeout": timeout,
-            "socket_timeout": timeout,
-            "max_retries": 0,
-        },
-    )
-    connection.ensure_connection(max_retries=retries, timeout=timeout)
-    return connection
+def reason(exc: BaseException) -> str:
+    """The first line of an exception's message, for an operator or an API answer."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+class BrokerLink:
+    """One kombu connection a process's threads share (kombu's are not thread-safe),
+    opened on first use and dropped after any failure, so the next use reconnects.
+    It fails fast: a request waiting on a broker that is down must answer, not hang."""
+
+    def __init__(self, url: str, timeout: float, *, retries: int) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._retries = retries
+        self._connection: Connection | None = None
+        self._lock = threading.RLock()  # re-entrant: a signal handler may close mid-use
+
+    def use(self, work: Callable[[Connection], T]) -> T:
+        with self._lock:
+            try:
+                return work(self._connect())
+            except Exception:
+                self._close()
+                raise
+
+    def _connect(self) -> Connection:
+        if self._connection is None:
+            connection = Connection(
+                self._url,
+                connect_timeout=self._timeout,
+                transport_options={
+                    "socket_connect_timeout": self._timeout,
+                    "socket_timeout": self._timeout,
+                    "max_retries": 0,
+                },
+            )
+            connection.ensure_connection(max_retries=self._retries, timeout=self._timeout)
+            self._connection = connection
+        return self._connection
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            # Closing a broken connection may itself fail; there is nothing to keep.
+            with contextlib.suppress(Exception):
+                connection.release()
 
 
 class Publisher:
@@ -133,13 +171,10 @@ class Publisher:
         # When the broker is the store's Redis, beat pushes task messages from Lua, in
         # the same atomic step as the claim (``direct_queue`` is the list to push to).
         self.direct_queue = queue if store_url and same_redis(broker_url, store_url) else None
-        self._timeout = connect_timeout
         self._origin = f"sendbeat@{socket.gethostname()}:{os.getpid()}"
         self._messages = RedisMessages(queue, self._origin)
-        self._connection: Connection | None = None
-        self._declared = False
-        # gunicorn's threads share one publisher; kombu connections are not thread-safe.
-        self._lock = threading.RLock()  # re-entrant: a signal handler may close mid-publish
+        self._link = BrokerLink(broker_url, connect_timeout, retries=1)
+        self._declared_on: Connection | None = None  # the queue is declared once per connection
 
     def message(self, instance_id: str) -> str:
         return self._messages(instance_id)
@@ -153,24 +188,21 @@ class Publisher:
         ids = list(instance_ids)
         if not ids:
             return
-        with self._lock:
-            try:
-                self._publish(ids)
-            except Exception as exc:  # kombu raises transport-specific errors
-                self._close()
-                raise DispatchError(f"Dispatcher error: {_reason(exc)}") from exc
+        try:
+            self._link.use(lambda connection: self._publish(connection, ids))
+        except Exception as exc:  # kombu raises transport-specific errors
+            raise DispatchError(f"Dispatcher error: {reason(exc)}") from exc
 
-    def _publish(self, ids: list[str]) -> None:
-        connection = self._connect()
+    def _publish(self, connection: Connection, ids: list[str]) -> None:
         producer = Producer(
             connection.default_channel,
             exchange=self._queue.exchange,
             routing_key=self._queue.routing_key,
             serializer="json",
         )
-        if not self._declared:  # once per connection, not per publish: it costs round trips
+        if self._declared_on is not connection:  # per connection, not per publish: round trips
             self._queue.declare(channel=producer.channel)
-            self._declared = True
+            self._declared_on = connection
         for instance_id in ids:
             body, headers = task_message(instance_id, self._origin)
             producer.publish(
@@ -181,24 +213,5 @@ class Publisher:
                 retry=False,
             )
 
-    def _connect(self) -> Connection:
-        if self._connection is None:
-            self._connection = broker_connection(self._url, self._timeout, retries=1)
-            self._declared = False
-        return self._connection
-
     def close(self) -> None:
-        with self._lock:
-            self._close()
-
-    def _close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            # Closing a broken connection may itself fail; there is nothing to keep.
-            with contextlib.suppress(Exception):
-                connection.release()
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+        self._link.close()
