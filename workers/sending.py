@@ -28,7 +28,6 @@ log = logging.getLogger("sendbeat.worker")
 @dataclass(frozen=True)
 class Outcome:
     status: str  # the record's status after this run, or why nothing was done
-    retry_in: float | None = None
 
 
 def backoff(attempt: int, *, base: float = 2.0, cap: float = 300.0) -> float:
@@ -67,10 +66,9 @@ def run_instance(
         result = _deliver(store, transport, settings, instance, arguments, clock)
     except TransientDeliveryError as exc:
         if attempts <= retries:
-            delay = backoff(attempts)
-            store.retry_instance(instance.id, exc.message, time.time() + delay)
+            store.retry_instance(instance.id, exc.message, time.time() + backoff(attempts))
             _observe(store, InstanceStatus.RETRYING, started)
-            return Outcome(InstanceStatus.RETRYING, retry_in=delay)
+            return Outcome(InstanceStatus.RETRYING)
         return _fail(store, instance, exc.message, clock, started)
     except (PermanentDeliveryError, InvalidMessage) as exc:
         return _fail(store, instance, exc.message, clock, started)

@@ -262,7 +262,7 @@ def dispatch_due(
     if queue is None:
         queued = [iid for iid, status in written if status == InstanceStatus.QUEUED]
         publisher.publish(queued)
-        store.published(queued)
+        store.forget_waiting(store.keys.pending, queued)
     _record_dispatch(store, sends, written)
     return len(events)
 

@@ -560,10 +560,6 @@ class Store:
         if instance_ids:
             self.redis.zrem(waiting_key, *instance_ids)
 
-    def published(self, instance_ids: list[str]) -> None:
-        if instance_ids:
-            self.redis.zrem(self.keys.pending, *instance_ids)
-
     def wait_for_wake(self, timeout: float) -> bool:
         """Sleep until an event is (re)scheduled or ``timeout`` passes; True when woken."""
         if timeout <= 0:
