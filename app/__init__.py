@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import datetime
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -16,7 +14,6 @@ from app.api import limits, messaging, openapi, ops, schedules
 from app.api.common import Services
 from app.cli import project_cli
 from app.core import logs
-from app.core.clock import now
 from app.core.health import warn_about_redis
 from app.core.keys import Keys
 from app.core.publisher import Publisher
@@ -32,7 +29,6 @@ def create_app(
     *,
     store: Store | None = None,
     publisher: Publisher | None = None,
-    clock: Callable[[], datetime] = now,
 ) -> Flask:
     settings = settings or Settings.from_env()
     if settings.log_format == "json":
@@ -48,7 +44,7 @@ def create_app(
     publisher = publisher or Publisher(
         settings.effective_broker_url, settings.queue, store_url=settings.redis_url
     )
-    app.extensions["sendbeat"] = Services(settings, store, publisher, clock)
+    app.extensions["sendbeat"] = Services(settings, store, publisher)
     app.register_blueprint(messaging.bp)
     app.register_blueprint(schedules.bp)
     app.register_blueprint(openapi.bp)

@@ -286,7 +286,7 @@ def create_sendbeat_events(store: Store, n: int) -> list[str]:
             EventSpec(schedule=f"every {INTERVAL // 60} mins", metadata={"arguments": payload(i)})
             for i in range(start, min(n, start + CHUNK))
         ]
-        created = create_events(store, project.id, specs, now, Defaults())
+        created = create_events(store, project.id, specs, Defaults())
         ids += [event.id for event in created.events]
     return ids
 

@@ -53,9 +53,10 @@ from dispatch import code_version, stop  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.core.keys import Keys  # noqa: E402
+from app.core.records import InstanceStatus  # noqa: E402
 from app.core.redis_client import connect  # noqa: E402
 from app.core.settings import Settings  # noqa: E402
-from app.core.store import InstanceStatus, Store  # noqa: E402
+from app.core.store import Store  # noqa: E402
 from app.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 
 PREFIX = "sbsendbench"

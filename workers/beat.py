@@ -7,21 +7,20 @@ Any number of beats may run: each occurrence is claimed once (``claim.lua``).
 from __future__ import annotations
 
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery.beat import Scheduler
 from redis.exceptions import RedisError
 
-from app.core.clock import now
+from app.core.dispatch import dispatch_due, release_waiting
 from app.core.errors import DispatchError
-from app.core.events import dispatch_due, release_waiting
 from workers.context import context_for
 
 log = logging.getLogger("sendbeat.beat")
 
-# A claim whose publish is unconfirmed this long is taken to be lost (its beat died).
+# An execution whose publish is unconfirmed this long is taken to be lost (the beat or
+# web that queued it died in between), and published again.
 UNCONFIRMED_AFTER = 30
 # Batches claimed per tick; the heartbeat and the waiting sets are seen to between ticks.
 BATCHES_PER_TICK = 10
@@ -43,22 +42,21 @@ class SendbeatScheduler(Scheduler):
         settings = self._context.settings
         store = self._context.store
         try:
-            due = dispatch_due(
+            done = dispatch_due(
                 store,
                 self._context.publisher,
-                now(),
                 settings.beat_batch_size,
                 batches=BATCHES_PER_TICK,
                 claimer=self._claimer,
             )
             self._release()
-            store.heartbeat(time.time())
-            next_at = store.next_due_at()
-            if due >= settings.beat_batch_size * BATCHES_PER_TICK:
+            store.heartbeat(done.now)
+            if done.due >= settings.beat_batch_size * BATCHES_PER_TICK:
                 return 0.0  # more is due right now
+            next_at = store.next_due_at()
             sleep = settings.beat_max_sleep
-            if next_at is not None:
-                sleep = max(0.0, min(sleep, next_at - time.time()))
+            if next_at is not None:  # by Redis' clock, as everything beat decides
+                sleep = max(0.0, min(sleep, next_at - done.now))
             store.wait_for_wake(sleep)
         except (RedisError, DispatchError) as exc:
             log.warning("beat could not dispatch, will try again: %s", exc)
@@ -67,7 +65,7 @@ class SendbeatScheduler(Scheduler):
 
     def _release(self) -> None:
         count = release_waiting(
-            self._context.store, self._context.publisher, now(), unconfirmed=UNCONFIRMED_AFTER
+            self._context.store, self._context.publisher, unconfirmed=UNCONFIRMED_AFTER
         )
         if count:
             log.info("published %d waiting executions (retries, lost leases or publishes)", count)

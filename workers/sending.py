@@ -1,28 +1,39 @@
 """Running one execution: start it once, render, resolve remote content, deliver,
 record the outcome. Plain functions over their dependencies; the Celery task in
-``workers.tasks`` is a thin adapter over ``run_instance``."""
+``workers.tasks`` is a thin adapter over ``run_instance``.
+
+A started execution is held by a lease (``Attempt``): a heartbeat renews it while the
+worker sends, and every write of the execution shows the attempt's fencing token, so
+a worker that lost its lease (it stalled, another took over) stops and writes nothing.
+Every execution ends: whatever goes wrong in a run ends it ``failed`` with a readable
+error, and the traceback goes to the log.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from app.core import logs, metrics
-from app.core.clock import now as clock_now
+from app.core import logs
 from app.core.errors import InvalidMessage, PermanentDeliveryError, TransientDeliveryError
-from app.core.events import epoch
 from app.core.message import render
+from app.core.publisher import reason
+from app.core.records import Instance, InstanceStatus
+from app.core.scripts import Held, Started
 from app.core.settings import Settings
-from app.core.store import Instance, InstanceStatus, Store
+from app.core.store import Store
 from workers.remote import resolve_refs
 from workers.transport import SendResult, Transport
 
 log = logging.getLogger("sendbeat.worker")
+
+ERROR_CHARS = 500  # an error stored in a record is for reading, not a dump
 
 
 @dataclass(frozen=True)
@@ -30,110 +41,190 @@ class Outcome:
     status: str  # the record's status after this run, or why nothing was done
 
 
+class Stopped(Exception):
+    """Raised inside a send when its attempt must stop: it lost its lease, or its event
+    was paused or deleted (``why``)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 def backoff(attempt: int, *, base: float = 2.0, cap: float = 300.0) -> float:
     """Exponential backoff with full jitter, for the ``attempt``-th retry."""
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
+@dataclass
+class Attempt:
+    """One worker's hold on one execution: its fencing token and its lease, renewed by a
+    heartbeat thread every third of the lease while the send runs."""
+
+    store: Store
+    instance: Instance
+    token: str
+    lease: float
+    started: float = field(default_factory=time.monotonic)
+    lost: str = ""  # why this attempt must stop ("lost", "paused", "deleted")
+    _done: threading.Event = field(default_factory=threading.Event)
+
+    def hold(self, delivered: list[str] | None = None, result: Any = None) -> None:
+        """Renew the lease (recording the progress, when given); raise Stopped when the
+        attempt lost the record or its event was paused or deleted."""
+        if not self.lost:
+            held, why = self.store.hold(
+                self.instance.id, self.token, lease=self.lease, delivered=delivered, result=result
+            )
+            if held is Held.LOST:
+                self.lost = "lost"
+            elif held is Held.STOP:
+                self.lost = why
+        if self.lost:
+            raise Stopped(self.lost)
+
+    @contextmanager
+    def kept(self) -> Iterator[None]:
+        beat = threading.Thread(target=self._heartbeat, name="lease", daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            self._done.set()
+            beat.join()
+
+    def _heartbeat(self) -> None:
+        while not self._done.wait(self.lease / 3):
+            try:
+                self.hold()
+            except Stopped:
+                return
+            except Exception as exc:  # Redis away: the sender's own holds will tell
+                log.warning("could not renew the lease of %s: %s", self.instance.id, reason(exc))
+
+    def took(self) -> float:
+        return time.monotonic() - self.started
+
+
 def run_instance(
-    store: Store,
-    transport: Transport,
-    settings: Settings,
-    instance_id: str,
-    *,
-    lease: int,
-    clock: Any = clock_now,
+    store: Store, transport: Transport, settings: Settings, instance_id: str, *, lease: float
 ) -> Outcome:
-    status, attempts = store.start_instance(instance_id, epoch(clock()), lease)
-    if status != "start":
-        log.info("execution %s not started: it is %s", instance_id, status)
-        return Outcome(status)
-    started = time.monotonic()
-    instance = store.instance(instance_id)
-    assert instance is not None
+    start, instance = store.start(instance_id, lease=lease, retries=settings.default_retries)
+    if start.status is not Started.START or instance is None:
+        log.info("execution %s not started: it is %s", instance_id, start.status)
+        return Outcome(start.status)
     logs.bind(event_id=instance.event_id)
-    arguments, retries = _arguments(store, instance, settings)
-    if arguments is None:
-        store.finish_instance(
-            instance,
-            InstanceStatus.CANCELLED,
-            epoch(clock()),
-            error="The scheduled event was deleted.",
-        )
-        _observe(store, InstanceStatus.CANCELLED, None)
-        return Outcome(InstanceStatus.CANCELLED)
+    attempt = Attempt(store, instance, start.token, lease)
+    with attempt.kept():
+        try:
+            return _run(attempt, transport, settings)
+        except Stopped as stop:
+            return _stopped(attempt, stop.why)
+        except Exception as exc:
+            # Whatever it is, the execution ends here, and readably: nothing stays running
+            # for beat to hand to the next worker, which would fail the same way.
+            log.exception("execution %s failed unexpectedly", instance_id)
+            return _end(attempt, InstanceStatus.FAILED, error=_describe(exc))
+
+
+def _run(attempt: Attempt, transport: Transport, settings: Settings) -> Outcome:
+    store, instance = attempt.store, attempt.instance
+    found = _arguments(store, instance, settings)
+    if found is None:
+        return _end(attempt, InstanceStatus.CANCELLED, error="The scheduled event was deleted.")
+    arguments, retries = found
     try:
-        result = _deliver(store, transport, settings, instance, arguments, clock)
+        result = _deliver(attempt, transport, settings, arguments)
     except TransientDeliveryError as exc:
-        if attempts <= retries:
-            store.retry_instance(instance.id, exc.message, time.time() + backoff(attempts))
-            _observe(store, InstanceStatus.RETRYING, started)
-            return Outcome(InstanceStatus.RETRYING)
-        return _fail(store, instance, exc.message, clock, started)
+        if int(attempt.token) <= retries:
+            delay = backoff(int(attempt.token))
+            if store.retry(instance.id, attempt.token, delay=delay, error=exc.message,
+                           took=attempt.took()):  # fmt: skip
+                return Outcome(InstanceStatus.RETRYING)
+            return Outcome("lost")
+        return _end(attempt, InstanceStatus.FAILED, error=exc.message)
     except (PermanentDeliveryError, InvalidMessage) as exc:
-        return _fail(store, instance, exc.message, clock, started)
-    store.finish_instance(instance, InstanceStatus.SUCCEEDED, epoch(clock()), result=result)
-    _observe(store, InstanceStatus.SUCCEEDED, started)
-    return Outcome(InstanceStatus.SUCCEEDED)
+        return _end(attempt, InstanceStatus.FAILED, error=exc.message)
+    return _end(attempt, InstanceStatus.SUCCEEDED, result=result)
 
 
-def _fail(store: Store, instance: Instance, error: str, clock: Any, started: float) -> Outcome:
-    store.finish_instance(instance, InstanceStatus.FAILED, epoch(clock()), error=error)
-    _observe(store, InstanceStatus.FAILED, started)
-    return Outcome(InstanceStatus.FAILED)
+def _end(
+    attempt: Attempt,
+    status: InstanceStatus,
+    *,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> Outcome:
+    sent = status is not InstanceStatus.CANCELLED or attempt.instance.delivered
+    done = attempt.store.finish(
+        attempt.instance,
+        attempt.token,
+        status,
+        error=error,
+        result=result,
+        took=attempt.took() if sent else None,
+    )
+    if not done:
+        log.warning(
+            "execution %s: another attempt took it over; not recording", attempt.instance.id
+        )
+        return Outcome("lost")
+    return Outcome(status)
 
 
-def _observe(store: Store, status: str, started: float | None) -> None:
-    """Count the outcome and time the attempt; the record is already written, so a
-    metrics failure is logged, not raised."""
-    seconds = None if started is None else time.monotonic() - started
-    try:
-        metrics.record_send(store.redis, store.keys, status, seconds)
-    except RedisError as exc:
-        log.warning("could not record metrics for %s: %s", status, exc)
+def _stopped(attempt: Attempt, why: str) -> Outcome:
+    if why == "lost":
+        log.warning("execution %s: lease lost to another attempt; stopped", attempt.instance.id)
+        return Outcome("lost")
+    instance = attempt.instance
+    sent = len(instance.delivered)
+    error = f"The scheduled event was {why}"
+    if sent:
+        error += f" after {sent} of its recipients had been sent to"
+    return _end(attempt, InstanceStatus.CANCELLED, error=error + ".", result=instance.result)
 
 
-def _arguments(store: Store, instance: Instance, settings: Settings) -> tuple[Any, int]:
+def _describe(exc: BaseException) -> str:
+    return f"Internal error: {type(exc).__name__}: {reason(exc)}"[:ERROR_CHARS]
+
+
+def _arguments(store: Store, instance: Instance, settings: Settings) -> tuple[Any, int] | None:
     """The send_message arguments to use, read at send time, and the retry budget."""
     if not instance.event_id:
         return instance.payload, settings.default_retries
-    event = store.event_by_id(instance.project_id, instance.event_id)
-    if event is None:
-        return None, 0
-    return event.metadata.get("arguments"), event.retries
+    return store.event_arguments(instance.event_id)
 
 
 def _deliver(
-    store: Store,
-    transport: Transport,
-    settings: Settings,
-    instance: Instance,
-    arguments: Any,
-    clock: Any,
+    attempt: Attempt, transport: Transport, settings: Settings, arguments: Any
 ) -> dict[str, Any]:
+    instance = attempt.instance
     resolved = resolve_refs(arguments, settings=settings)
     if not isinstance(resolved, dict):
         raise InvalidMessage("arguments: expected an object")
-    envelopes = render(resolved, now=clock(), mail_domain=settings.mail_domain)
-    delivered = list(instance.delivered)
-    results: list[SendResult] = []
+    envelopes = render(
+        resolved, now=attempt.store.now(), mail_domain=settings.mail_domain, instance_id=instance.id
+    )
     for envelope in envelopes:
-        if envelope.recipient in delivered:
+        if envelope.recipient in instance.delivered:
             continue  # accepted on an earlier attempt; never send a copy twice
+        # Before each copy: the lease is still ours and the event still wants it sent;
+        # the progress so far is recorded at the same time.
+        attempt.hold(instance.delivered, instance.result)
         # Lets a reader (and the tests) tie each email to its execution record.
         envelope.message["X-Sendbeat-Instance"] = instance.id
-        results.append(transport.send(envelope))
-        delivered.append(envelope.recipient)
-        store.record_delivered(instance.id, delivered)
-    return _result(instance, results)
+        instance.result = _merge(instance.result, transport.send(envelope))
+        instance.delivered.append(envelope.recipient)
+    return instance.result or _merge(None, None)
 
 
-def _result(instance: Instance, results: list[SendResult]) -> dict[str, Any]:
-    earlier = instance.result or {}
+def _merge(earlier: dict[str, Any] | None, sent: SendResult | None) -> dict[str, Any]:
+    """The execution's result so far, with one more copy sent."""
+    earlier = earlier or {}
     accepted = list(earlier.get("accepted", []))
     rejected = dict(earlier.get("rejected", {}))
-    for result in results:
-        accepted.extend(result.accepted)
-        rejected.update(result.rejected)
-    message_id = results[0].message_id if results else earlier.get("message_id")
+    message_id = earlier.get("message_id")
+    if sent is not None:
+        accepted.extend(sent.accepted)
+        rejected.update(sent.rejected)
+        message_id = message_id or sent.message_id
     return {"message_id": message_id, "accepted": accepted, "rejected": rejected}

@@ -3,9 +3,7 @@ flattening marshmallow errors into "field: message" strings."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from flask import current_app, request
@@ -24,7 +22,6 @@ class Services:
     settings: Settings
     store: Store
     publisher: Publisher
-    clock: Callable[[], datetime]
 
     @property
     def defaults(self) -> Defaults:

@@ -23,7 +23,7 @@ from app.core.errors import (
     Unauthorized,
     ValidationError,
 )
-from app.core.events import create_events, epoch, update_event
+from app.core.events import create_events, delete_event, update_event
 from app.core.events import send_message as queue_message
 
 bp = Blueprint("messaging", __name__)
@@ -134,13 +134,11 @@ def render_error(exc: SendbeatError) -> Response:
 def create_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
     data = load(EventBody(), body)
     svc = services()
-    created = create_events(
-        svc.store, project_id, [data["spec"]], svc.clock(), svc.defaults, batch=False
-    )
+    created = create_events(svc.store, project_id, [data["spec"]], svc.defaults, batch=False)
     event, schedule = created.events[0], created.schedules[0]
     record = event.record()
     if data["preview"]:
-        record["next_runs"] = [isoformat(t) for t in schedule.preview(svc.clock())]
+        record["next_runs"] = [isoformat(t) for t in schedule.preview(created.now)]
     return ok(event.uid, record)
 
 
@@ -149,7 +147,7 @@ def create_scheduled_events(body: dict[str, Any], project_id: str) -> Response:
     svc = services()
     data = load(EventsBody(limit=svc.settings.batch_limit), body)
     created = create_events(
-        svc.store, project_id, [e["spec"] for e in data["events"]], svc.clock(), svc.defaults
+        svc.store, project_id, [e["spec"] for e in data["events"]], svc.defaults
     )
     # Exactly the seed's shape: the list sits under response.message, with no data.
     return jsonify({"response": {"status": "ok", "message": [e.summary() for e in created.events]}})
@@ -184,7 +182,7 @@ def update_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
     data = load(UpdateBody(), body)
     svc = services()
     event = svc.store.event_by_uid(project_id, data["uid"])
-    event = update_event(svc.store, event, data["changes"], svc.clock())
+    event = update_event(svc.store, event, data["changes"])
     # PostageApp answers the schedule as "frequency" too.
     return ok(event.uid, {**event.record(), "frequency": event.schedule})
 
@@ -193,7 +191,7 @@ def update_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
 def delete_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
     uid = load(UidBody(), body)["uid"]
     store = services().store
-    store.delete_event(store.event_by_uid(project_id, uid), epoch(services().clock()))
+    delete_event(store, store.event_by_uid(project_id, uid))
     return ok(uid, {"uid": uid, "deleted": True})
 
 
@@ -219,7 +217,5 @@ def list_scheduled_events(body: dict[str, Any], project_id: str) -> Response:
 def send_message(body: dict[str, Any], project_id: str) -> Response:
     data = load(SendBody(), body)
     svc = services()
-    instance = queue_message(
-        svc.store, svc.publisher, project_id, data["arguments"], data["uid"], svc.clock()
-    )
+    instance = queue_message(svc.store, svc.publisher, project_id, data["arguments"], data["uid"])
     return ok(data["uid"], {"message": {"id": instance.id, "status": instance.status}})

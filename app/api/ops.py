@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from redis.exceptions import RedisError
 
 from app.core.health import BrokerProbe, readiness, reason
-from app.core.metrics import Collector, read_snapshot
+from app.core.metrics import Collector, Snapshot, read_snapshot
 from app.core.redis_client import connect
 from app.core.settings import Settings
 from app.core.store import Store
@@ -33,13 +32,14 @@ class Ops:
 
 def install(app: Flask, settings: Settings, store: Store) -> None:
     registry = CollectorRegistry(auto_describe=False)
-    read = partial(
-        read_snapshot,
-        store.redis,
-        store.keys,
-        queue_redis=_queue_redis(settings, store),
-        queue=settings.queue,
-    )
+    queue_redis = _queue_redis(settings, store)
+
+    def read() -> Snapshot:  # ages and the due backlog by Redis' clock, as beat sees them
+        now = store.now().timestamp()
+        return read_snapshot(
+            store.redis, store.keys, now, queue_redis=queue_redis, queue=settings.queue
+        )
+
     registry.register(Collector(read))
     broker = BrokerProbe(settings.effective_broker_url, settings.queue)
     app.extensions["sendbeat-ops"] = Ops(store, broker, registry, settings.beat_stale_after)

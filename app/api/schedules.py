@@ -16,14 +16,15 @@ from app.api.schemas import SchedulePage
 from app.core.errors import (
     Conflict,
     DispatchError,
+    EventGone,
     NotFound,
     SendbeatError,
     Unauthorized,
     ValidationError,
 )
-from app.core.events import epoch, set_paused, trigger
+from app.core.events import delete_event, set_paused, trigger
 from app.core.message import recipients_of
-from app.core.store import Event
+from app.core.records import Event
 
 bp = Blueprint("schedules", __name__)
 
@@ -66,8 +67,12 @@ def find_event(schedule_id: str) -> Event:
         raise ValidationError("Bad Request: scheduleId: Invalid uuid")
     event = services().store.event_by_id(project_id, schedule_id.lower())
     if event is None:
-        raise NotFound(f"Scheduled task with id {schedule_id} does not exist")
+        raise NotFound(missing(schedule_id))
     return event
+
+
+def missing(schedule_id: str) -> str:
+    return f"Scheduled task with id {schedule_id} does not exist"
 
 
 @bp.errorhandler(SendbeatError)
@@ -76,6 +81,8 @@ def render_error(exc: SendbeatError) -> Response:
         return problem(400, exc.message)
     if isinstance(exc, Unauthorized):
         return problem(401, "Unauthorized: " + exc.message)
+    if isinstance(exc, EventGone):  # deleted while this request was acting on it
+        return problem(404, missing((request.view_args or {}).get("schedule_id", "")))
     if isinstance(exc, NotFound):
         return problem(404, exc.message)
     if isinstance(exc, Conflict):
@@ -87,7 +94,7 @@ def render_error(exc: SendbeatError) -> Response:
 
 def trigger_schedule(schedule_id: str) -> Response:
     svc = services()
-    trigger(svc.store, svc.publisher, find_event(schedule_id), svc.clock())
+    trigger(svc.store, svc.publisher, find_event(schedule_id))
     return success()
 
 
@@ -96,20 +103,17 @@ def get_schedule(schedule_id: str) -> Response:
 
 
 def delete_schedule(schedule_id: str) -> Response:
-    svc = services()
-    svc.store.delete_event(find_event(schedule_id), epoch(svc.clock()))
+    delete_event(services().store, find_event(schedule_id))
     return success()
 
 
 def pause_schedule(schedule_id: str) -> Response:
-    svc = services()
-    set_paused(svc.store, find_event(schedule_id), True, svc.clock())
+    set_paused(services().store, find_event(schedule_id), True)
     return success()
 
 
 def resume_schedule(schedule_id: str) -> Response:
-    svc = services()
-    set_paused(svc.store, find_event(schedule_id), False, svc.clock())
+    set_paused(services().store, find_event(schedule_id), False)
     return success()
 
 

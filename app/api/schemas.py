@@ -8,7 +8,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
 
 from app.core.events import EventChanges, EventSpec
-from app.core.store import InstanceStatus
+from app.core.records import InstanceStatus
 
 
 class Body(Schema):

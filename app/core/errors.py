@@ -42,6 +42,13 @@ class NotFound(SendbeatError):
     """Raised when an event is missing, or belongs to another project (never a 403)."""
 
 
+class EventGone(NotFound):
+    """Raised when an event was deleted while a request was changing or triggering it."""
+
+    def __init__(self) -> None:
+        super().__init__("Can not find scheduled event from the given UID")
+
+
 class Conflict(SendbeatError):
     """Raised when a manual trigger finds an occurrence of the same event still
     queued or running and the event's overlap policy is ``skip``."""

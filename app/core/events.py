@@ -1,36 +1,33 @@
-"""What API consumers and beat do to events: create, update, trigger, dispatch due ones.
+"""What API consumers do to events and executions: create, update, pause, resume,
+delete, trigger, and send a message now. (Beat's half is ``app.core.dispatch``.)
 
-Each operation takes the store, the publisher and ``now`` as arguments, so views
-and the beat scheduler stay thin and tests pin the time.
+Each operation takes the store and the publisher as arguments, so views stay thin.
+The time is the store's, Redis' clock (pinned in tests); every change to an existing
+event is one atomic edit (``Store.edit_event``), so requests racing each other or beat
+never undo one another.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import time
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from app.core import metrics
 from app.core.clock import from_timestamp
-from app.core.errors import Conflict, DispatchError, InvalidSchedule, UidTaken, ValidationError
+from app.core.errors import (
+    Conflict,
+    DispatchError,
+    EventGone,
+    InvalidSchedule,
+    UidTaken,
+    ValidationError,
+)
 from app.core.message import validate_arguments
 from app.core.publisher import Publisher
+from app.core.records import Event, Instance, InstanceStatus, new_id
 from app.core.schedules import Schedule, parse_schedule
-from app.core.scripts import Claim
-from app.core.store import DueEvent, Event, Instance, InstanceStatus, Store
-
-log = logging.getLogger("sendbeat.beat")
-
-# A beat that was down for long must not walk every lost occurrence of a fine-grained
-# schedule one by one; past this many it records the most recent ones and jumps ahead.
-MAX_MISSED_PER_CLAIM = 100
+from app.core.scripts import Enqueued
+from app.core.store import Edit, Store
 
 
 @dataclass(frozen=True)
@@ -55,6 +52,7 @@ class Defaults:
 @dataclass
 class Created:
     events: list[Event]
+    now: datetime
     schedules: list[Schedule] = field(default_factory=list)
 
 
@@ -63,16 +61,6 @@ def uid_taken(uid: str) -> UidTaken:
     return UidTaken(
         uid, "Could not create scheduled event.", ["[:uid, :project id] is already taken"]
     )
-
-
-def new_id() -> str:
-    """A random (version 4) UUID as text; a third of ``str(uuid.uuid4())``'s cost,
-    which beat pays for every occurrence it claims."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def epoch(moment: datetime) -> int:
@@ -131,13 +119,13 @@ def create_events(
     store: Store,
     project_id: str,
     specs: list[EventSpec],
-    now: datetime,
     defaults: Defaults,
     *,
     batch: bool = True,
 ) -> Created:
     """Validate every spec first, then store all of them or none."""
-    created = Created([])
+    now = store.now()
+    created = Created([], now)
     errors: list[str] = []
     seen: set[str] = set()
     for index, spec in enumerate(specs):
@@ -162,11 +150,9 @@ def create_events(
     return created
 
 
-def trigger(store: Store, publisher: Publisher, event: Event, now: datetime) -> Instance:
-    """Run the event now as an extra, manual occurrence; its regular schedule stays."""
-    if event.overlap != "allow" and store.has_active(event.id):
-        raise Conflict("Another execution is in progress for this schedule")
-    stamp = epoch(now)
+def trigger(store: Store, publisher: Publisher, event: Event) -> Instance:
+    """Run the event now as an extra, manual occurrence; its regular schedule stays.
+    The overlap check and the record are one step: of two racing triggers, one wins."""
     instance = Instance(
         id=new_id(),
         project_id=event.project_id,
@@ -174,139 +160,61 @@ def trigger(store: Store, publisher: Publisher, event: Event, now: datetime) -> 
         event_uid=event.uid,
         trigger="manual",
         status=InstanceStatus.QUEUED,
-        scheduled_for=stamp,
-        enqueued_at=stamp,
+        scheduled_for=0,
+        enqueued_at=0,
     )
-    store.add_instance(instance)
-    try:
-        publisher.publish([instance.id])
-    except DispatchError:
-        store.discard_instance(instance)
-        raise
+    outcome = _enqueue(store, publisher, instance)
+    if outcome is Enqueued.CONFLICT:
+        raise Conflict("Another execution is in progress for this schedule")
+    if outcome is Enqueued.GONE:
+        raise EventGone()
     return instance
 
 
-def plan_claim(event: DueEvent, now: int) -> Claim:
-    """Decide what to do with one due event: send its latest occurrence if it is within
-    the catch-up window, record the older ones as missed, and find the next run."""
-    occurrences: tuple[int, ...] = (event.scheduled_at,)
-    next_at: int | None = None
-    if event.event_type == "repeatable":
-        occurrences, next_at = _occurrences(event.schedule, event.timezone, event.scheduled_at, now)
-    latest = occurrences[-1]
-    on_time = now - latest <= event.catchup_window
-    missed = occurrences[:-1] if on_time else occurrences
-    send_id = new_id()
-    return Claim(
-        event_id=event.id,
-        at=event.scheduled_at,
-        next_at=next_at,
-        send=(send_id, latest) if on_time else None,
-        missed=tuple((new_id(), at) for at in missed[-MAX_MISSED_PER_CLAIM:]),
-        event_uid=event.uid,
-        project_id=event.project_id,
-        overlap=event.overlap,
-    )
-
-
-@lru_cache(maxsize=4096)
-def _occurrences(
-    text: str, timezone: str, scheduled_at: int, now: int
-) -> tuple[tuple[int, ...], int | None]:
-    """Every occurrence from ``scheduled_at`` up to ``now``, and the first run after it.
-    Cached: the many events that share a schedule and fall due together cost one walk."""
-    schedule = parse_schedule(text, timezone, now=from_timestamp(scheduled_at))
-    occurrences = [scheduled_at]
-    at = schedule.next_after(from_timestamp(scheduled_at))
-    while at is not None and epoch(at) <= now:
-        if len(occurrences) > MAX_MISSED_PER_CLAIM:
-            at = schedule.next_after(from_timestamp(now))
-            break
-        occurrences.append(epoch(at))
-        at = schedule.next_after(at)
-    return tuple(occurrences), None if at is None else epoch(at)
-
-
-def dispatch_due(
+def send_message(
     store: Store,
     publisher: Publisher,
-    now: datetime,
-    batch: int,
-    *,
-    batches: int = 1,
-    claimer: Executor | None = None,
-) -> int:
-    """Claim and publish what is due at ``now``: up to ``batches`` claims of ``batch``
-    events each; return how many events were due.
+    project_id: str,
+    arguments: dict[str, Any],
+    uid: str | None,
+) -> Instance:
+    """Queue one immediate message (trigger ``api``); a reused uid is refused."""
+    validate_arguments(arguments)
+    instance = Instance(
+        id=new_id(),
+        project_id=project_id,
+        trigger="api",
+        status=InstanceStatus.QUEUED,
+        scheduled_for=0,
+        enqueued_at=0,
+        payload=arguments,
+    )
+    if _enqueue(store, publisher, instance, uid) is Enqueued.TAKEN:
+        raise UidTaken(str(uid), f"Uid {uid} already exists. Assuming message duplication.")
+    return instance
 
-    With a ``claimer`` (one thread), beat plans the next batch while Redis runs the
-    claim of the one before: Python and Redis work side by side instead of in turn.
-    """
-    stamp = epoch(now)
-    events = store.due_events(stamp, batch * batches)
-    queue, parts = publisher.direct_queue, publisher.template_parts
-    written: list[tuple[str, str]] = []
-    running: Future[list[tuple[str, str]]] | None = None
-    sends: dict[str, int] = {}  # instance id -> the occurrence it sends, for metrics
-    for start in range(0, len(events), batch):
-        claims = [plan_claim(e, stamp) for e in events[start : start + batch]]
-        sends.update(c.send for c in claims if c.send is not None)
-        if claimer is None:
-            written += store.claim(claims, stamp, queue, parts)
-            continue
-        if running is not None:
-            written += running.result()
-        running = claimer.submit(store.claim, claims, stamp, queue, parts)
-    if running is not None:
-        written += running.result()
+
+def _enqueue(
+    store: Store, publisher: Publisher, instance: Instance, uid: str | None = None
+) -> Enqueued:
+    """Record the execution and hand it to the broker. When the broker is the store's
+    Redis, one script does both; otherwise the record waits in {p}:pending until the
+    publish is confirmed (a web that dies in between leaves it for beat to publish), and
+    a publish that fails takes the record and its uid back."""
+    queue = publisher.direct_queue
+    message = publisher.message(instance.id) if queue else ""
+    outcome, now_ms = store.enqueue(instance, queue=queue, message=message, uid=uid)
+    if outcome is not Enqueued.QUEUED:
+        return outcome
+    instance.scheduled_for = instance.enqueued_at = now_ms // 1000
     if queue is None:
-        queued = [iid for iid, status in written if status == InstanceStatus.QUEUED]
-        publisher.publish(queued)
-        store.forget_waiting(store.keys.pending, queued)
-    _record_dispatch(store, sends, written)
-    return len(events)
-
-
-def _record_dispatch(store: Store, sends: dict[str, int], written: list[tuple[str, str]]) -> None:
-    """Count what beat wrote and how late each queued occurrence reached the broker."""
-    published_at = time.time()
-    lateness = [
-        published_at - sends[iid]
-        for iid, status in written
-        if status == InstanceStatus.QUEUED and iid in sends
-    ]
-    try:
-        metrics.record_dispatch(store.redis, store.keys, written, lateness)
-    except RedisError as exc:  # a dispatch never fails over its metrics
-        log.warning("could not record dispatch metrics: %s", exc)
-
-
-def release_waiting(store: Store, publisher: Publisher, now: datetime, *, unconfirmed: int) -> int:
-    """Publish what waits in Redis and is due: retries whose backoff ran out, executions
-    whose worker's lease ran out (it died mid-send), and claims whose publish was never
-    confirmed for ``unconfirmed`` seconds (a beat died in between). Workers start a
-    record only once, so a second copy of a task is harmless."""
-    stamp = epoch(now)
-    keys = store.keys
-    published = 0
-    # A lease ending at ``stamp`` is still held during that second (start.lua takes over
-    # only past it), so the running set is swept strictly before ``stamp``.
-    for waiting, until in (
-        (keys.retry, stamp),
-        (keys.running, stamp - 1),
-        (keys.pending, stamp - unconfirmed),
-    ):
-        ids = store.waiting(waiting, until)
-        if not ids:
-            continue
-        if publisher.direct_queue is not None:
-            messages = [(iid, publisher.message(iid)) for iid in ids]
-            published += store.publish_waiting(waiting, publisher.direct_queue, messages)
-        else:
-            publisher.publish(ids)
-            store.forget_waiting(waiting, ids)
-            published += len(ids)
-    return published
+        try:
+            publisher.publish([instance.id])
+        except DispatchError:
+            store.discard(instance, uid)
+            raise
+        store.forget_pending([instance.id])
+    return outcome
 
 
 @dataclass(frozen=True)
@@ -322,8 +230,33 @@ class EventChanges:
     retries: int | None = None
 
 
-def update_event(store: Store, event: Event, changes: EventChanges, now: datetime) -> Event:
+def update_event(store: Store, event: Event, changes: EventChanges) -> Event:
     """Apply the changes; a new schedule or timezone recomputes the next run."""
+    return _edit(store, event, lambda current: _changed(current, changes, store.now()))
+
+
+def set_paused(store: Store, event: Event, paused: bool) -> Event:
+    return update_event(store, event, EventChanges(status="suspend" if paused else "active"))
+
+
+def delete_event(store: Store, event: Event) -> None:
+    """Remove the event and cancel its executions: those not started at once, one being
+    sent before its next recipient (a send in progress finishes only its current one)."""
+    _edit(store, event, lambda current: Edit(current, delete=True, cancel="deleted"))
+
+
+def _edit(store: Store, event: Event, decide: Any) -> Event:
+    edit = store.edit_event(event.project_id, event.id, decide)
+    if edit is None:
+        raise EventGone()
+    updated = edit.event
+    if updated.status != "activated":
+        updated.scheduled_at = None
+    return updated
+
+
+def _changed(event: Event, changes: EventChanges, now: datetime) -> Edit:
+    """What ``changes`` make of ``event`` (as read just now), validated."""
     stamp = epoch(now)
     errors: list[str] = []
     schedule_changed = changes.schedule is not None or changes.timezone is not None
@@ -350,26 +283,17 @@ def update_event(store: Store, event: Event, changes: EventChanges, now: datetim
         value = getattr(changes, name)
         if value is not None:
             setattr(event, name, value)
-    reschedule = schedule_changed
+    reschedule, cancel = schedule_changed, None
     if schedule_changed and event.status == "completed":
         event.status = "activated"  # a finished one-time event given a new date runs again
     if changes.status == "suspend" and event.status != "suspend":
-        suspend(store, event, stamp)
-        reschedule = True
+        event.status, event.suspended_at = "suspend", stamp
+        reschedule, cancel = True, "paused"
     elif changes.status == "active" and event.status == "suspend":
         resume(event, now)
         reschedule = True
     event.updated_at = stamp
-    store.save_event(event, reschedule=reschedule)
-    if event.status != "activated":
-        event.scheduled_at = None
-    return event
-
-
-def suspend(store: Store, event: Event, stamp: int) -> None:
-    """Stop the event's runs and cancel its queued, unstarted executions."""
-    event.status, event.suspended_at = "suspend", stamp
-    store.cancel_queued(event.id, stamp)
+    return Edit(event, reschedule=reschedule, cancel=cancel)
 
 
 def resume(event: Event, now: datetime) -> None:
@@ -383,40 +307,3 @@ def resume(event: Event, now: datetime) -> None:
         paused = from_timestamp(event.suspended_at or epoch(now))
         event.scheduled_at = next_run(schedule, paused)
     event.status, event.suspended_at = "activated", None
-
-
-def set_paused(store: Store, event: Event, paused: bool, now: datetime) -> Event:
-    return update_event(store, event, EventChanges(status="suspend" if paused else "active"), now)
-
-
-def send_message(
-    store: Store,
-    publisher: Publisher,
-    project_id: str,
-    arguments: dict[str, Any],
-    uid: str | None,
-    now: datetime,
-) -> Instance:
-    """Queue one immediate message (trigger ``api``); a reused uid is refused."""
-    validate_arguments(arguments)
-    stamp = epoch(now)
-    instance = Instance(
-        id=new_id(),
-        project_id=project_id,
-        trigger="api",
-        status=InstanceStatus.QUEUED,
-        scheduled_for=stamp,
-        enqueued_at=stamp,
-        payload=arguments,
-    )
-    if uid is not None and not store.reserve_message_uid(project_id, uid, instance.id):
-        raise UidTaken(uid, f"Uid {uid} already exists. Assuming message duplication.")
-    store.add_instance(instance)
-    try:
-        publisher.publish([instance.id])
-    except DispatchError:
-        store.discard_instance(instance)
-        if uid is not None:
-            store.release_message_uid(project_id, uid)
-        raise
-    return instance

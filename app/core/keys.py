@@ -11,20 +11,24 @@ Key schema (``{p}`` is the configured prefix, ``SENDBEAT_KEY_PREFIX``, default
     {p}:project:{pid}:uids          HASH  event uid -> event id
     {p}:project:{pid}:events        ZSET  event id -> creation sequence number, for listing
     {p}:project:{pid}:event-seq     STRING the last creation sequence number
-    {p}:project:{pid}:messages      HASH  send_message uid -> instance id (dedupe)
+    {p}:project:{pid}:message-uids  ZSET  send_message uid -> when it was used (epoch ms);
+                                          trimmed to the retention as uids are added
     {p}:event:{eid}                 HASH  the event (see ``app.core.store``): small fields
                                           only, so Redis keeps it in its compact encoding
     {p}:event:{eid}:metadata        STRING the event's send_message request (JSON)
-    {p}:event:{eid}:instances       ZSET  instance id -> scheduled_for (epoch s), newest last
-    {p}:event:{eid}:active          SET   instance ids queued or running (overlap policy)
+    {p}:event:{eid}:instances       ZSET  instance id -> scheduled_for (epoch s), newest last;
+                                          expires after the retention once the event is deleted
+    {p}:event:{eid}:inflight        ZSET  instance id -> when its record expires (epoch ms):
+                                          the executions queued, running or retrying (the
+                                          overlap policy; what a pause or delete cancels)
     {p}:due                         ZSET  event id -> next run (epoch s); absent when
                                           suspended or done
     {p}:instance:{iid}              HASH  one execution record (§7), expires after the retention
-    {p}:pending                     ZSET  instance id -> claimed at (epoch s): claimed,
-                                          publish not yet confirmed
-    {p}:retry                       ZSET  instance id -> when its retry is due (epoch s)
-    {p}:running                     ZSET  instance id -> end of its worker's lease (epoch s)
-    {p}:beat:heartbeat              STRING epoch s of the last beat tick
+    {p}:pending                     ZSET  instance id -> queued at (epoch ms): queued, publish
+                                          not yet confirmed (a broker other than this Redis)
+    {p}:retry                       ZSET  instance id -> when its retry is due (epoch ms)
+    {p}:running                     ZSET  instance id -> end of its worker's lease (epoch ms)
+    {p}:beat:heartbeat              STRING epoch s (Redis' clock) of the last beat tick
     {p}:beat:wake                   LIST  at most one token: an event was (re)scheduled,
                                           a sleeping beat looks again at once
     {p}:metrics:executions          HASH  execution status -> records that reached it
@@ -35,6 +39,10 @@ Key schema (``{p}`` is the configured prefix, ``SENDBEAT_KEY_PREFIX``, default
     {p}:ratelimit:...               the rate limiter's counters (Flask-Limiter on the
                                           ``limits`` Redis storage), one per API key and
                                           window, expiring with their window
+
+Times that decide something (due, leases, retries, the pending sweep) are read from
+the Redis server's clock (``TIME``, inside the scripts), never from a process's own.
+Every key a Lua script touches is built here and passed to it in ``KEYS``.
 """
 
 from __future__ import annotations
@@ -73,7 +81,7 @@ class Keys:
         return f"{self.prefix}:project:{project_id}:event-seq"
 
     def message_uids(self, project_id: str) -> str:
-        return f"{self.prefix}:project:{project_id}:messages"
+        return f"{self.prefix}:project:{project_id}:message-uids"
 
     def event(self, event_id: str) -> str:
         return f"{self.prefix}:event:{event_id}"
@@ -84,8 +92,8 @@ class Keys:
     def event_instances(self, event_id: str) -> str:
         return f"{self.prefix}:event:{event_id}:instances"
 
-    def event_active(self, event_id: str) -> str:
-        return f"{self.prefix}:event:{event_id}:active"
+    def event_inflight(self, event_id: str) -> str:
+        return f"{self.prefix}:event:{event_id}:inflight"
 
     @property
     def due(self) -> str:

@@ -421,8 +421,15 @@ def _recipients(value: object) -> list[tuple[Address, dict[str, Any]]]:
 # --- rendering ----------------------------------------------------------------------
 
 
-def render(arguments: dict[str, Any], *, now: datetime, mail_domain: str) -> list[Envelope]:
-    """One Envelope per recipient, in order. ``arguments`` must be fully resolved."""
+def render(
+    arguments: dict[str, Any], *, now: datetime, mail_domain: str, instance_id: str | None = None
+) -> list[Envelope]:
+    """One Envelope per recipient, in order. ``arguments`` must be fully resolved.
+
+    With ``instance_id`` (the execution), each copy's Message-ID is fixed by the
+    execution and the recipient's place, so every attempt of one execution sends each
+    copy under the same Message-ID: a copy sent again after a lost SMTP reply can be
+    recognised, and dropped, by whoever receives it."""
     validate_arguments(arguments)
     if contains_refs(arguments):
         raise InvalidMessage("arguments: a $ref is left unresolved")
@@ -434,9 +441,14 @@ def render(arguments: dict[str, Any], *, now: datetime, mail_domain: str) -> lis
     attachments = _attachments(arguments.get("attachments") or {})
     shared = arguments.get("variables") or {}
     envelopes = []
-    for recipient, own in _recipients(arguments["recipients"]):
+    for index, (recipient, own) in enumerate(_recipients(arguments["recipients"])):
         variables = {**shared, **own}
-        stamp = (format_datetime(now), make_msgid(domain=mail_domain))
+        message_id = (
+            f"<{instance_id}.{index}@{mail_domain}>"
+            if instance_id
+            else make_msgid(domain=mail_domain)
+        )
+        stamp = (format_datetime(now), message_id)
         message = _message(arguments, headers, recipient, variables, attachments, stamp)
         rcpt_to = _rcpt_to(recipient, override_address, headers)
         envelopes.append(Envelope(recipient.addr_spec, sender.addr_spec, rcpt_to, message))

@@ -1,8 +1,9 @@
 """Operational metrics, kept in Redis so every process on every machine adds to the
 same figures, and read back at scrape time into Prometheus metric families.
 
-Recording: ``record_send`` (a worker finished one attempt) and ``record_dispatch``
-(beat wrote claims) add to counters and histogram buckets in one pipeline each.
+Recording: the scripts that end a worker's attempt (``finish.lua``, ``retry.lua``) count
+it and its send latency in the same atomic step as the record, fenced like the record;
+``record_dispatch`` (beat wrote claims) adds its counts in one pipeline.
 Reading: ``read_snapshot`` takes every figure in one round trip and ``Collector``
 turns a snapshot into Prometheus metrics. Histograms are stored as one counter per
 bucket (that bucket alone) plus ``count`` and ``sum``; they are made cumulative only
@@ -12,7 +13,6 @@ when rendered. Every function takes the Redis client and the key schema explicit
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,7 @@ from prometheus_client.core import (
 )
 
 from app.core.keys import Keys
-from app.core.store import InstanceStatus
+from app.core.records import InstanceStatus
 
 BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, math.inf)
 STATUSES = tuple(status.value for status in InstanceStatus)
@@ -39,23 +39,6 @@ def bucket_of(seconds: float) -> str:
 
 def _label(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(float(bound)).removesuffix(".0")
-
-
-def _observe(pipe: Any, key: str, seconds: float) -> None:
-    seconds = max(0.0, seconds)
-    pipe.hincrby(key, bucket_of(seconds), 1)
-    pipe.hincrby(key, "count", 1)
-    pipe.hincrbyfloat(key, "sum", seconds)
-
-
-def record_send(redis: Any, keys: Keys, status: str, seconds: float | None) -> None:
-    """One send attempt ended in ``status``; ``seconds`` is how long it took (None when
-    nothing was sent, as for an execution cancelled because its event is gone)."""
-    pipe = redis.pipeline(transaction=False)
-    pipe.hincrby(keys.metrics_executions, status, 1)
-    if seconds is not None:
-        _observe(pipe, keys.metrics_send_latency, seconds)
-    pipe.execute()
 
 
 def record_dispatch(
@@ -150,11 +133,11 @@ def _decoded(raw: dict[Any, Any]) -> dict[str, str]:
 class Collector:
     """A prometheus-client collector that reads Redis at every scrape."""
 
-    def __init__(self, read: Callable[[float], Snapshot]) -> None:
+    def __init__(self, read: Callable[[], Snapshot]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
-        return iter(metric_families(self._read(time.time())))
+        return iter(metric_families(self._read()))
 
 
 def metric_families(snap: Snapshot) -> list[Metric]:

@@ -139,6 +139,10 @@ class BrokerLink:
                     "socket_connect_timeout": self._timeout,
                     "socket_timeout": self._timeout,
                     "max_retries": 0,
+                    # AMQP: a publish returns once the broker has taken the message, so
+                    # "published" means it, and the pending record may be cleared.
+                    # (A Redis broker answers each push anyway; others ignore it.)
+                    "confirm_publish": True,
                 },
             )
             connection.ensure_connection(max_retries=self._retries, timeout=self._timeout)
@@ -182,6 +186,11 @@ class Publisher:
     @property
     def template_parts(self) -> list[str]:
         return self._messages.parts
+
+    @property
+    def template(self) -> str:
+        """The message template with ``@@id@@`` and ``@@tag@@`` (release.lua fills it)."""
+        return self._messages.template
 
     def publish(self, instance_ids: Iterable[str]) -> None:
         """Publish one task per execution id; raise DispatchError if the broker refuses."""

@@ -1,18 +1,37 @@
-"""Typed wrappers over the Lua scripts in ``app/core/lua``; each script is loaded once
-and called by its SHA (redis-py's ``Script`` reloads it after a server restart)."""
+"""Typed wrappers over the Lua scripts in ``app/core/lua``.
+
+Each script is ``prelude.lua`` (the one clock, the fence) followed by its own file,
+loaded once and called by its SHA (redis-py's ``Script`` reloads it after a server
+restart). Every key a script touches arrives in ``KEYS``, built by ``app.core.keys``.
+Each wrapper turns the script's reply into a value or an enum member, so callers never
+compare strings.
+
+Time: every script reads the Redis server's clock itself, unless the store was given
+a pinned clock (tests), whose time is then passed as the first argument.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
 from importlib import resources
+from typing import Any
 
 from redis import Redis
 
 from app.core.keys import Keys
 
 
+@cache
 def _source(name: str) -> str:
-    return resources.files("app.core").joinpath(f"lua/{name}.lua").read_text()
+    lua = resources.files("app.core").joinpath("lua")
+    return lua.joinpath("prelude.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -28,80 +47,213 @@ class Claim:
     project_id: str = ""
     overlap: str = "skip"
 
-    def record(self) -> str:
-        """The claim as claim.lua reads it: nine fields separated by \x1f."""
+    def record(self, base: int) -> str:
+        """The claim as claim.lua reads it: ten fields separated by \x1f; ``base`` is
+        the index (1-based) of its first key in KEYS."""
         send_id, send_at = self.send or ("", "")
         missed = " ".join(f"{iid} {at}" for iid, at in self.missed)
         next_at = "" if self.next_at is None else self.next_at
         fields = (self.event_id, self.at, next_at, self.event_uid, self.project_id,
-                  self.overlap, send_id, send_at, missed)  # fmt: skip
+                  self.overlap, send_id, send_at, missed, base)  # fmt: skip
         return "\x1f".join(map(str, fields))
+
+    def keys(self, keys: Keys) -> list[str]:
+        """The keys claim.lua touches for this claim, in its order."""
+        ids = ([self.send[0]] if self.send else []) + [iid for iid, _ in self.missed]
+        return [
+            keys.event(self.event_id),
+            keys.event_instances(self.event_id),
+            keys.event_inflight(self.event_id),
+            *map(keys.instance, ids),
+        ]
+
+
+class Started(StrEnum):
+    """What start.lua made of a task: ``START`` means the caller sends it."""
+
+    START = "start"
+    WAITING = "waiting"  # an early copy of a retry
+    GONE = "gone"  # the record expired or was never written
+    RUNNING = "running"  # another worker holds it
+    QUEUED = "queued"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    MISSED = "missed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Start:
+    status: Started
+    token: str = ""  # the attempt number, which fences every later write
+    now_ms: int = 0
+    record: dict[str, str] | None = None
+
+
+class Held(StrEnum):
+    HELD = "held"
+    LOST = "lost"  # another attempt took over, or the record ended
+    STOP = "stop"  # the event was paused or deleted
+
+
+class Enqueued(StrEnum):
+    QUEUED = "queued"
+    GONE = "gone"
+    CONFLICT = "conflict"
+    TAKEN = "taken"
 
 
 class Scripts:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, now_ms: Callable[[], str]) -> None:
+        """``now_ms`` gives the first argument of every script: "" (the server's clock)
+        or a pinned time in epoch milliseconds."""
         self._keys = keys
-        self._claim = redis.register_script(_source("claim"))
-        self._start = redis.register_script(_source("start"))
-        self._publish = redis.register_script(_source("publish"))
-        self._due = redis.register_script(_source("due"))
-        self._cancel = redis.register_script(_source("cancel"))
+        self._now = now_ms
+        load = redis.register_script
+        names = ("due", "fields", "claim", "release", "enqueue", "start", "hold", "retry",
+                 "finish", "cancel")  # fmt: skip
+        self._scripts = {name: load(_source(name)) for name in names}
+
+    def _call(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
+        return self._scripts[name](keys=keys, args=[self._now(), *args], client=client)
+
+    def due(self, limit: int) -> tuple[int, list[tuple[str, int]]]:
+        """(now in epoch ms, [(event id, due epoch), ...] earliest first)."""
+        now, *flat = self._call("due", [self._keys.due], [limit])
+        pairs = [(_text(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+        return int(now), pairs
+
+    def fields(self, hashes: list[str], names: Sequence[str]) -> list[list[str | None]]:
+        """The ``names`` fields of each hash, one row per hash (None where missing)."""
+        if not hashes:
+            return []
+        flat = self._scripts["fields"](keys=hashes, args=list(names))
+        width = len(names)
+        values = [None if v is None else _text(v) for v in flat]
+        return [values[i : i + width] for i in range(0, len(values), width)]
 
     def claim(
-        self,
-        claims: list[Claim],
-        *,
-        now: int,
-        retention: int,
-        queue: str | None,
-        template: list[str],
+        self, claims: list[Claim], *, retention: int, queue: str | None, template: list[str]
     ) -> list[tuple[str, str]]:
         """Claim the occurrences (and push their task messages onto ``queue`` when the
         broker is this Redis); return (instance id, status) for each record written."""
         if not claims:
             return []
-        flat = self._claim(
-            keys=[self._keys.due, self._keys.pending, queue or ""],
-            args=[
-                now,
-                retention,
-                self._keys.event(""),
-                self._keys.instance(""),
-                len(template) if queue else 0,
-                *(template if queue else []),
-                "\x1e".join(claim.record() for claim in claims),
-            ],
+        keys = [self._keys.due, queue or self._keys.pending]
+        records = []
+        for claim in claims:
+            records.append(claim.record(len(keys) + 1))
+            keys += claim.keys(self._keys)
+        parts = template if queue else []
+        flat = self._call(
+            "claim",
+            keys,
+            [retention, "push" if queue else "pending", len(parts), *parts, "\x1e".join(records)],
         )
-        values = [v.decode() if isinstance(v, bytes) else v for v in flat]
+        values = [_text(v) for v in flat]
         return list(zip(values[::2], values[1::2], strict=True))
 
-    def start(self, instance_id: str, *, now: int, lease: int) -> tuple[str, int]:
-        """Try to start an execution; ("start", attempts) means the caller sends it."""
-        reply = self._start(
-            keys=[self._keys.instance(instance_id), self._keys.running],
-            args=[now, lease, instance_id],
+    def release(
+        self, waiting: str, *, grace_ms: int, limit: int, queue: str | None, template: str
+    ) -> list[str]:
+        """Release the due ids of a waiting set: pushed onto ``queue`` with their task
+        messages, or (no queue) moved to {p}:pending for the caller to publish."""
+        destination = queue or self._keys.pending
+        mode = "push" if queue else "take"
+        _, *ids = self._call("release", [waiting, destination], [grace_ms, limit, mode, template])
+        return [_text(i) for i in ids]
+
+    def enqueue(
+        self,
+        instance_id: str,
+        *,
+        retention: int,
+        queue: str | None,
+        message: str,
+        project_id: str,
+        event: tuple[str, str] | None = None,
+        uid: str = "",
+        payload: str = "",
+    ) -> tuple[Enqueued, int]:
+        """Record a manual trigger of ``event`` (id, uid), or a send_message (``uid``,
+        ``payload``), and push ``message`` onto ``queue`` (the broker is this Redis), or
+        without a queue mark it pending for the caller to publish."""
+        destination = queue or self._keys.pending
+        keys = [self._keys.instance(instance_id), destination, self._keys.metrics_executions]
+        message = message if queue else ""
+        if event is not None:
+            event_id, event_uid = event
+            keys += [self._keys.event(event_id), self._keys.event_inflight(event_id),
+                     self._keys.event_instances(event_id)]  # fmt: skip
+            args = ["manual", project_id, event_id, event_uid]
+        else:
+            keys.append(self._keys.message_uids(project_id))
+            args = ["api", project_id, uid, payload]
+        reply = self._call("enqueue", keys, [retention, instance_id, message, *args])
+        return Enqueued(_text(reply[0])), int(reply[1]) if len(reply) > 1 else 0
+
+    def start(
+        self, instance_id: str, event_id: str, *, lease_ms: int, retention: int, retries: int
+    ) -> Start:
+        keys = [self._keys.instance(instance_id), self._keys.running, self._keys.retry,
+                self._keys.pending, self._keys.metrics_executions]  # fmt: skip
+        if event_id:
+            keys += [self._keys.event(event_id), self._keys.event_inflight(event_id)]
+        reply = self._call("start", keys, [lease_ms, instance_id, retention, retries])
+        status = Started(_text(reply[0]))
+        if status is not Started.START:
+            return Start(status)
+        flat = [_text(v) for v in reply[3:]]
+        return Start(
+            status, _text(reply[1]), int(reply[2]), dict(zip(flat[::2], flat[1::2], strict=True))
         )
-        status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-        return status, int(reply[1]) if len(reply) > 1 else 0
 
-    def publish(self, waiting: str, queue: str, messages: list[tuple[str, str]]) -> int:
-        """Move (instance id, task message) pairs from a waiting set onto the queue."""
-        if not messages:
-            return 0
-        args = [part for pair in messages for part in pair]
-        return int(self._publish(keys=[waiting, queue], args=args))
+    def hold(
+        self, instance_id: str, token: str, *, lease_ms: int, delivered: str, result: str
+    ) -> tuple[Held, str]:
+        """Renew the lease (and record the progress, when given): (HELD, ""), (LOST, "")
+        or (STOP, "paused" | "deleted")."""
+        keys = [self._keys.instance(instance_id), self._keys.running]
+        reply = self._call("hold", keys, [lease_ms, token, instance_id, delivered, result])
+        return Held(_text(reply[0])), _text(reply[1]) if len(reply) > 1 else ""
 
-    def cancel(self, event_id: str, instance_ids: list[str], *, now: int) -> list[str]:
-        """Cancel those executions that have not started; return their ids."""
-        if not instance_ids:
-            return []
-        keys = [self._keys.pending, self._keys.retry, self._keys.event_active(event_id)]
-        reply = self._cancel(keys=keys, args=[now, self._keys.instance(""), *instance_ids])
-        return [v.decode() if isinstance(v, bytes) else v for v in reply]
+    def retry(
+        self, instance_id: str, token: str, *, delay_ms: int, error: str, latency: tuple[str, float]
+    ) -> bool:
+        """Park the execution for ``delay_ms``; False when the token no longer holds it."""
+        keys = [self._keys.instance(instance_id), self._keys.running, self._keys.retry,
+                self._keys.metrics_executions, self._keys.metrics_send_latency]  # fmt: skip
+        bucket, seconds = latency
+        reply = self._call("retry", keys, [token, instance_id, delay_ms, error, bucket, seconds])
+        return bool(_text(reply[0]) == "retrying")
 
-    def due(self, now: int, limit: int, fields: tuple[str, ...]) -> list[list[str]]:
-        """[event id, score, *fields] for each due event, earliest first."""
-        flat = self._due(keys=[self._keys.due], args=[now, limit, self._keys.event(""), *fields])
-        width = 2 + len(fields)
-        values = [v.decode() if isinstance(v, bytes) else v for v in flat]
-        return [values[i : i + width] for i in range(0, len(values), width)]
+    def finish(
+        self,
+        instance_id: str,
+        event_id: str,
+        token: str,
+        *,
+        status: str,
+        error: str,
+        result: str,
+        retention: int,
+        latency: tuple[str, float] | None,
+    ) -> bool:
+        """Write the final state; False when the token no longer holds the record."""
+        keys = [self._keys.instance(instance_id), self._keys.running,
+                self._keys.metrics_executions, self._keys.metrics_send_latency]  # fmt: skip
+        if event_id:
+            keys += [self._keys.event(event_id), self._keys.event_inflight(event_id),
+                     self._keys.event_instances(event_id)]  # fmt: skip
+        bucket, seconds = latency or ("", 0.0)
+        args = [token, instance_id, status, error, result, retention, bucket, seconds]
+        return bool(_text(self._call("finish", keys, args)[0]) == "done")
+
+    def cancel(self, event_id: str, instance_ids: list[str], why: str, *, client: Any) -> None:
+        """Queue the cancel of the event's in-flight executions on ``client`` (the MULTI
+        of a pause or delete)."""
+        keys = [self._keys.pending, self._keys.retry, self._keys.event_inflight(event_id),
+                self._keys.metrics_executions, *map(self._keys.instance, instance_ids)]  # fmt: skip
+        self._call("cancel", keys, [why, *instance_ids], client=client)

@@ -1,8 +1,12 @@
 """The Redis store: projects and API keys, events, the due index and execution records.
 
 This module owns every Redis read and write sendbeat makes (keys come from
-``app.core.keys``, atomic steps from ``app.core.scripts``). It returns plain
-dataclasses; callers never see Redis types.
+``app.core.keys``, atomic steps from ``app.core.scripts``). It returns the plain
+dataclasses of ``app.core.records``; callers never see Redis types.
+
+Its clock is Redis': ``now()`` reads the server's ``TIME`` and the scripts read it
+themselves, so every process, whatever its own clock says, decides by the same time.
+A store built with a pinned ``clock`` (tests) uses that instead, everywhere.
 """
 
 from __future__ import annotations
@@ -10,276 +14,27 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from redis import Redis, WatchError
 
-from app.core.clock import from_timestamp, isoformat
+from app.core import metrics
+from app.core.clock import from_timestamp
 from app.core.errors import NotFound, UidTaken
 from app.core.keys import Keys
-from app.core.scripts import Claim, Scripts
+from app.core.records import (
+    DUE_FIELDS,
+    DueEvent,
+    Event,
+    Instance,
+    Project,
+)
+from app.core.scripts import Claim, Enqueued, Held, Scripts, Start
 
 KEY_PREFIX_CHARS = 12
-
-
-class InstanceStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    MISSED = "missed"
-    SKIPPED = "skipped"
-
-
-FINISHED = frozenset(
-    {
-        InstanceStatus.SUCCEEDED,
-        InstanceStatus.FAILED,
-        InstanceStatus.CANCELLED,
-        InstanceStatus.MISSED,
-        InstanceStatus.SKIPPED,
-    }
-)
-
-
-@dataclass(frozen=True)
-class Project:
-    id: str
-    name: str
-    created_at: int
-    key_prefixes: tuple[str, ...] = ()
-
-
-# Defaults fixed by the product contract (not by settings): an event hash leaves these
-# fields out when they hold them.
-FIXED_DEFAULTS = {"timezone": "UTC", "overlap": "skip"}
-
-
-@dataclass
-class Event:
-    id: str
-    uid: str
-    project_id: str
-    schedule: str
-    timezone: str
-    event_type: str
-    metadata: dict[str, Any]
-    created_at: int
-    updated_at: int
-    status: str = "activated"
-    catchup_window: int = 300
-    overlap: str = "skip"
-    retries: int = 5
-    run_count: int = 0
-    last_run: dict[str, Any] | None = None
-    suspended_at: int | None = None
-    run_at: int | None = None  # a one-time event's run, kept while it is suspended
-    scheduled_at: int | None = None  # read from the due index, never stored in the hash
-
-    def record(self) -> dict[str, Any]:
-        """The event record of DESIGN §3, as both dialects return it."""
-        return {
-            "uid": self.uid,
-            "id": self.id,
-            "status": self.status,
-            "schedule": self.schedule,
-            "event_type": self.event_type,
-            "timezone": self.timezone,
-            "scheduled_at": _iso(self.scheduled_at),
-            "metadata": self.metadata,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "run_count": self.run_count,
-            "last_run": self.last_run,
-            "catchup_window": self.catchup_window,
-            "overlap": self.overlap,
-            "retries": self.retries,
-        }
-
-    def summary(self) -> dict[str, Any]:
-        """One entry of create_scheduled_events' ``response.message``."""
-        return {
-            "uid": self.uid,
-            "id": self.id,
-            "status": self.status,
-            "schedule": self.schedule,
-            "event_type": self.event_type,
-            "scheduled_at": _iso(self.scheduled_at),
-        }
-
-    def to_hash(self) -> dict[str, str | int]:
-        """The hash fields; the id is the key's, and unset times are left out (a compact
-        hash is a few hundred bytes per event at scale)."""
-        fields: dict[str, str | int] = {
-            "uid": self.uid,
-            "project_id": self.project_id,
-            "schedule": self.schedule,
-            "timezone": self.timezone,
-            "event_type": self.event_type,
-            "status": self.status,
-            "catchup_window": self.catchup_window,
-            "overlap": self.overlap,
-            "retries": self.retries,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
-        if self.suspended_at is not None:
-            fields["suspended_at"] = self.suspended_at
-        if self.run_at is not None:
-            fields["run_at"] = self.run_at
-        for name, default in FIXED_DEFAULTS.items():
-            if fields[name] == default:
-                del fields[name]
-        if self.updated_at == self.created_at:
-            del fields["updated_at"]  # never updated: it reads as created_at
-        return fields
-
-    @staticmethod
-    def cleared() -> tuple[str, ...]:
-        """Fields ``to_hash`` leaves out when unset, to delete on rewrite."""
-        return ("suspended_at", "run_at", "updated_at", *FIXED_DEFAULTS)
-
-    @classmethod
-    def from_hash(
-        cls,
-        event_id: str,
-        raw: dict[str, str],
-        scheduled_at: float | None,
-        metadata: str | None,
-        last_run: dict[str, Any] | None,
-    ) -> Event:
-        return cls(
-            id=event_id,
-            uid=raw["uid"],
-            project_id=raw["project_id"],
-            schedule=raw["schedule"],
-            timezone=raw.get("timezone", FIXED_DEFAULTS["timezone"]),
-            event_type=raw["event_type"],
-            status=raw["status"],
-            metadata=json.loads(metadata or "{}"),
-            catchup_window=int(raw["catchup_window"]),
-            overlap=raw.get("overlap", FIXED_DEFAULTS["overlap"]),
-            retries=int(raw["retries"]),
-            created_at=int(raw["created_at"]),
-            updated_at=int(raw.get("updated_at", raw["created_at"])),
-            run_count=int(raw.get("run_count", 0)),
-            last_run=last_run,
-            suspended_at=int(raw["suspended_at"]) if raw.get("suspended_at") else None,
-            run_at=int(raw["run_at"]) if raw.get("run_at") else None,
-            scheduled_at=None if scheduled_at is None else int(scheduled_at),
-        )
-
-
-@dataclass(frozen=True)
-class DueEvent:
-    """What beat needs of a due event to plan its claim (not its message)."""
-
-    id: str
-    scheduled_at: int
-    schedule: str
-    timezone: str
-    event_type: str
-    catchup_window: int
-    uid: str
-    project_id: str
-    overlap: str
-
-
-DUE_FIELDS = ("schedule", "timezone", "event_type", "catchup_window", "uid", "project_id",
-              "overlap")  # fmt: skip
-
-
-@dataclass
-class Instance:
-    """One execution record (DESIGN §7)."""
-
-    id: str
-    project_id: str
-    trigger: str
-    status: str
-    scheduled_for: int
-    enqueued_at: int
-    event_id: str = ""
-    event_uid: str = ""
-    attempts: int = 0
-    started_at: int | None = None
-    completed_at: int | None = None
-    error: str | None = None
-    result: dict[str, Any] | None = None
-    payload: dict[str, Any] | None = None  # send_message arguments when there is no event
-    delivered: list[str] = field(default_factory=list)  # recipients already accepted
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "uid": self.id,
-            "event_uid": self.event_uid or None,
-            "event_id": self.event_id or None,
-            "trigger": self.trigger,
-            "status": self.status,
-            "scheduled_for": _iso(self.scheduled_for),
-            "enqueued_at": _iso(self.enqueued_at),
-            "started_at": _iso(self.started_at),
-            "completed_at": _iso(self.completed_at),
-            "attempts": self.attempts,
-            "error": self.error,
-            "result": self.result,
-        }
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "uid": self.id,
-            "trigger": self.trigger,
-            "status": self.status,
-            "scheduled_for": _iso(self.scheduled_for),
-            "completed_at": _iso(self.completed_at),
-        }
-
-    def to_hash(self) -> dict[str, str | int]:
-        fields: dict[str, str | int] = {
-            "project_id": self.project_id,
-            "event_id": self.event_id,
-            "event_uid": self.event_uid,
-            "trigger": self.trigger,
-            "status": self.status,
-            "scheduled_for": self.scheduled_for,
-            "enqueued_at": self.enqueued_at,
-            "attempts": self.attempts,
-        }
-        if self.payload is not None:
-            fields["payload"] = json.dumps(self.payload, separators=(",", ":"))
-        return fields
-
-    @classmethod
-    def from_hash(cls, instance_id: str, raw: dict[str, str]) -> Instance:
-        def opt_int(name: str) -> int | None:
-            return int(float(raw[name])) if raw.get(name) else None
-
-        return cls(
-            id=instance_id,
-            project_id=raw.get("project_id", ""),
-            event_id=raw.get("event_id", ""),
-            event_uid=raw.get("event_uid", ""),
-            trigger=raw["trigger"],
-            status=raw["status"],
-            scheduled_for=int(float(raw["scheduled_for"])),
-            enqueued_at=int(float(raw["enqueued_at"])),
-            attempts=int(raw.get("attempts", 0)),
-            started_at=opt_int("started_at"),
-            completed_at=opt_int("completed_at"),
-            error=raw.get("error") or None,
-            result=json.loads(raw["result"]) if raw.get("result") else None,
-            payload=json.loads(raw["payload"]) if raw.get("payload") else None,
-            delivered=json.loads(raw["delivered"]) if raw.get("delivered") else [],
-        )
-
-
-def _iso(epoch: int | None) -> str | None:
-    return None if epoch is None else isoformat(from_timestamp(epoch))
 
 
 def key_digest(key: str) -> str:
@@ -291,14 +46,44 @@ def new_api_key() -> str:
     return "sb_" + secrets.token_urlsafe(24)
 
 
+@dataclass(frozen=True)
+class Edit:
+    """What a change to an event writes, decided from the event as it was read."""
+
+    event: Event  # the event as it must be stored
+    reschedule: bool = False  # its place in the due index changes too
+    delete: bool = False
+    cancel: str | None = None  # "paused" | "deleted": stop its in-flight executions
+
+
 class Store:
-    def __init__(self, redis: Redis, keys: Keys | None = None, *, retention_days: int = 30):
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys | None = None,
+        *,
+        retention_days: int = 30,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         # The store speaks str: every client it is given must decode responses. redis-py's
         # types cannot say so (they are bytes | str), hence Any.
         self.redis: Any = redis
         self.keys = keys or Keys()
         self.retention = retention_days * 86400
-        self.scripts = Scripts(redis, self.keys)
+        self.clock = clock
+        self.scripts = Scripts(redis, self.keys, self._pinned_ms)
+
+    # -- the clock -----------------------------------------------------------------
+
+    def _pinned_ms(self) -> str:
+        return "" if self.clock is None else str(int(self.clock().timestamp() * 1000))
+
+    def now(self) -> datetime:
+        """The time every process decides by: the Redis server's (or the pinned clock)."""
+        if self.clock is not None:
+            return self.clock()
+        seconds, micros = self.redis.time()
+        return from_timestamp(int(seconds) + int(micros) / 1e6)
 
     # -- projects and keys ---------------------------------------------------------
 
@@ -417,24 +202,49 @@ class Store:
                 except WatchError:
                     continue
 
-    def save_event(self, event: Event, *, reschedule: bool) -> None:
-        """Write an event's definition; with ``reschedule`` also its place in the due index.
+    def edit_event(
+        self, project_id: str, event_id: str, decide: Callable[[Event], Edit]
+    ) -> Edit | None:
+        """Read the event, let ``decide`` say what to write, and write it atomically; None
+        when the event is gone (or another project's).
 
-        Without it the due index is left alone: beat may have just moved the score to
-        the next run, and writing back the score read earlier would claim an occurrence
-        twice.
+        The event, its request and its in-flight executions are WATCHed, so anything that
+        changes them in between (beat claiming or completing it, a worker counting a run,
+        another request) makes this read and decide again: a delete is never undone, a
+        status beat wrote is never overwritten, and a pause cancels every execution
+        queued before it answers.
         """
-        pipe = self.redis.pipeline(transaction=True)
-        if reschedule:
+        watched = (self.keys.event(event_id), self.keys.event_metadata(event_id),
+                   self.keys.event_inflight(event_id))  # fmt: skip
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(*watched)
+                    event = self.event_by_id(project_id, event_id)
+                    if event is None:
+                        return None
+                    edit = decide(event)
+                    inflight = pipe.zrange(watched[2], 0, -1) if edit.cancel else []
+                    pipe.multi()
+                    self._apply(pipe, edit, inflight)
+                    pipe.execute()
+                    return edit
+                except WatchError:
+                    continue
+
+    def _apply(self, pipe: Any, edit: Edit, inflight: list[str]) -> None:
+        event = edit.event
+        if edit.cancel:
+            self.scripts.cancel(event.id, inflight, edit.cancel, client=pipe)
+        if edit.delete:
+            self._delete(pipe, event)
+        elif edit.reschedule:
             self._write_event(pipe, event)
         else:
+            # The due index is left alone: beat may have just moved the score to the
+            # next run, and writing back the score read earlier would claim an
+            # occurrence twice.
             self._put_event(pipe, event)
-        pipe.execute()
-
-    def cancel_queued(self, event_id: str, now: int) -> list[str]:
-        """Cancel the event's executions that have not started; return their ids."""
-        active = sorted(self.redis.smembers(self.keys.event_active(event_id)))
-        return self.scripts.cancel(event_id, active, now=now)
 
     def _put_event(self, pipe: Any, event: Event) -> None:
         fields = event.to_hash()
@@ -456,17 +266,15 @@ class Store:
             pipe.lpush(self.keys.beat_wake, 1)
             pipe.ltrim(self.keys.beat_wake, 0, 0)
 
-    def delete_event(self, event: Event, now: int) -> list[str]:
-        """Remove the event; return the ids of its executions that had not started, now
-        cancelled (one already running finishes and is recorded)."""
-        cancelled = self.cancel_queued(event.id, now)
-        pipe = self.redis.pipeline(transaction=True)
+    def _delete(self, pipe: Any, event: Event) -> None:
+        """Everything of the event goes now, but its execution records and their index,
+        which stay readable by id until the retention ends, and then expire too."""
         pipe.zrem(self.keys.due, event.id)
         pipe.delete(self.keys.event(event.id), self.keys.event_metadata(event.id))
         pipe.hdel(self.keys.uids(event.project_id), event.uid)
         pipe.zrem(self.keys.project_events(event.project_id), event.id)
-        pipe.execute()
-        return cancelled
+        pipe.expire(self.keys.event_instances(event.id), self.retention)
+        pipe.expire(self.keys.event_inflight(event.id), self.retention)
 
     def event_by_uid(self, project_id: str, uid: str) -> Event:
         event_id = self.redis.hget(self.keys.uids(project_id), uid)
@@ -479,6 +287,16 @@ class Store:
         """The event, or None when it is missing or belongs to another project."""
         event = self._events([event_id])[0]
         return event if event is not None and event.project_id == project_id else None
+
+    def event_arguments(self, event_id: str) -> tuple[Any, int] | None:
+        """The event's send_message arguments and retry budget; None when it is gone."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.event(event_id), "retries")
+        pipe.get(self.keys.event_metadata(event_id))
+        retries, metadata = pipe.execute()
+        if retries is None:
+            return None
+        return json.loads(metadata or "{}").get("arguments"), int(retries)
 
     def _events(self, ids: list[str]) -> list[Event | None]:
         pipe = self.redis.pipeline()
@@ -521,44 +339,51 @@ class Store:
 
     # -- the due index (beat) ------------------------------------------------------
 
-    def due_events(self, now: int, limit: int) -> list[DueEvent]:
-        """Events whose next run is at or before ``now``, earliest first: only the fields
-        beat needs, read in one command (due.lua)."""
-        return [
-            DueEvent(event_id, int(float(score)), schedule,
-                     timezone or FIXED_DEFAULTS["timezone"], event_type, int(window), uid,
-                     project_id, overlap or FIXED_DEFAULTS["overlap"])
-            for event_id, score, schedule, timezone, event_type, window, uid, project_id,
-            overlap in self.scripts.due(now, limit, DUE_FIELDS)
-        ]  # fmt: skip
+    def due_events(self, limit: int) -> tuple[int, list[DueEvent]]:
+        """Redis' time (epoch ms) and the events due by it, earliest first, with only the
+        fields beat plans a claim from (two commands, whatever the batch)."""
+        now_ms, due = self.scripts.due(limit)
+        rows = self.scripts.fields([self.keys.event(event_id) for event_id, _ in due], DUE_FIELDS)
+        events = [
+            DueEvent.from_row(event_id, at, row)
+            for (event_id, at), row in zip(due, rows, strict=True)
+            if row[0] is not None  # deleted between the two reads
+        ]
+        return now_ms, events
 
     def next_due_at(self) -> int | None:
         first = self.redis.zrange(self.keys.due, 0, 0, withscores=True)
         return int(first[0][1]) if first else None
 
     def claim(
-        self,
-        claims: list[Claim],
-        now: int,
-        queue: str | None = None,
-        template: list[str] | None = None,
+        self, claims: list[Claim], queue: str | None = None, template: list[str] | None = None
     ) -> list[tuple[str, str]]:
         """Claim the occurrences; with ``queue`` (the broker is this Redis) also push their
         task messages, built from ``template``'s parts, in the same atomic step."""
         return self.scripts.claim(
-            claims, now=now, retention=self.retention, queue=queue, template=template or []
+            claims, retention=self.retention, queue=queue, template=template or []
         )
 
-    def waiting(self, waiting_key: str, until: float, limit: int = 1000) -> list[str]:
-        """Ids in a waiting set (retry, running, pending) whose time has come."""
-        return self.redis.zrangebyscore(waiting_key, "-inf", until, 0, limit)
+    def release(
+        self, waiting: str, *, grace: float, queue: str | None, template: str, limit: int = 1000
+    ) -> list[str]:
+        """Release what waits in ``waiting`` (retry, running or pending) longer than
+        ``grace`` seconds past its time: onto ``queue``, or without one into pending for
+        the caller to publish and then ``forget_pending``."""
+        return self.scripts.release(
+            waiting, grace_ms=int(grace * 1000), limit=limit, queue=queue, template=template
+        )
 
-    def publish_waiting(self, waiting_key: str, queue: str, messages: list[tuple[str, str]]) -> int:
-        return self.scripts.publish(waiting_key, queue, messages)
-
-    def forget_waiting(self, waiting_key: str, instance_ids: list[str]) -> None:
+    def forget_pending(self, instance_ids: list[str]) -> None:
+        """Their publish is confirmed."""
         if instance_ids:
-            self.redis.zrem(waiting_key, *instance_ids)
+            self.redis.zrem(self.keys.pending, *instance_ids)
+
+    def waiting(self, waiting_key: str) -> list[tuple[str, int]]:
+        """Everything in a waiting set, with its time (epoch ms): for tests and operators."""
+        return [
+            (iid, int(at)) for iid, at in self.redis.zrange(waiting_key, 0, -1, withscores=True)
+        ]
 
     def wait_for_wake(self, timeout: float) -> bool:
         """Sleep until an event is (re)scheduled or ``timeout`` passes; True when woken."""
@@ -575,101 +400,104 @@ class Store:
 
     # -- executions ----------------------------------------------------------------
 
-    def add_instance(self, instance: Instance, *, active: bool = True) -> None:
-        """Record a new execution (manual trigger or send_message) as queued."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.keys.instance(instance.id), mapping=instance.to_hash())
-        pipe.expire(self.keys.instance(instance.id), self.retention)
-        if instance.event_id:
-            pipe.zadd(
-                self.keys.event_instances(instance.event_id), {instance.id: instance.scheduled_for}
-            )
-            if active:
-                pipe.sadd(self.keys.event_active(instance.event_id), instance.id)
-        pipe.execute()
+    def enqueue(
+        self,
+        instance: Instance,
+        *,
+        queue: str | None,
+        message: str,
+        uid: str | None = None,
+    ) -> tuple[Enqueued, int]:
+        """Record a new execution (a manual trigger or send_message) as queued and push its
+        task ``message`` onto ``queue``, or mark it pending, in one step (enqueue.lua)."""
+        event = (instance.event_id, instance.event_uid) if instance.event_id else None
+        payload = json.dumps(instance.payload, separators=(",", ":")) if not event else ""
+        return self.scripts.enqueue(
+            instance.id,
+            retention=self.retention,
+            queue=queue,
+            message=message,
+            project_id=instance.project_id,
+            event=event,
+            uid=uid or "",
+            payload=payload,
+        )
 
-    def discard_instance(self, instance: Instance) -> None:
-        """Forget an execution that never reached the broker."""
+    def discard(self, instance: Instance, uid: str | None = None) -> None:
+        """Forget an execution that never reached the broker, and free its uid."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.keys.instance(instance.id))
+        pipe.zrem(self.keys.pending, instance.id)
+        pipe.hincrby(self.keys.metrics_executions, "queued", -1)
         if instance.event_id:
             pipe.zrem(self.keys.event_instances(instance.event_id), instance.id)
-            pipe.srem(self.keys.event_active(instance.event_id), instance.id)
+            pipe.zrem(self.keys.event_inflight(instance.event_id), instance.id)
+        if uid is not None:
+            pipe.zrem(self.keys.message_uids(instance.project_id), uid)
         pipe.execute()
-
-    def has_active(self, event_id: str) -> bool:
-        return bool(self.redis.scard(self.keys.event_active(event_id)))
-
-    def reserve_message_uid(self, project_id: str, uid: str, instance_id: str) -> bool:
-        return bool(self.redis.hsetnx(self.keys.message_uids(project_id), uid, instance_id))
-
-    def release_message_uid(self, project_id: str, uid: str) -> None:
-        self.redis.hdel(self.keys.message_uids(project_id), uid)
 
     def instance(self, instance_id: str) -> Instance | None:
         raw = self.redis.hgetall(self.keys.instance(instance_id))
         return Instance.from_hash(instance_id, raw) if raw else None
 
-    def start_instance(self, instance_id: str, now: int, lease: int) -> tuple[str, int]:
-        return self.scripts.start(instance_id, now=now, lease=lease)
+    def start(
+        self, instance_id: str, *, lease: float, retries: int
+    ) -> tuple[Start, Instance | None]:
+        """Try to start an execution for this worker: (the start, the record as started)."""
+        event_id = self.redis.hget(self.keys.instance(instance_id), "event_id") or ""
+        start = self.scripts.start(
+            instance_id, event_id, lease_ms=int(lease * 1000), retention=self.retention,
+            retries=retries,
+        )  # fmt: skip
+        record = None if start.record is None else Instance.from_hash(instance_id, start.record)
+        return start, record
 
-    def record_delivered(self, instance_id: str, delivered: list[str]) -> None:
-        self.redis.hset(self.keys.instance(instance_id), "delivered", json.dumps(delivered))
-
-    def retry_instance(self, instance_id: str, error: str, at: float) -> None:
-        """Park an execution until ``at``: retries wait in Redis, not in the broker."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            self.keys.instance(instance_id),
-            mapping={"status": InstanceStatus.RETRYING, "error": error, "lease_until": 0},
+    def hold(
+        self,
+        instance_id: str,
+        token: str,
+        *,
+        lease: float,
+        delivered: list[str] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> tuple[Held, str]:
+        """Renew this attempt's lease and record its progress (when given)."""
+        return self.scripts.hold(
+            instance_id,
+            token,
+            lease_ms=int(lease * 1000),
+            delivered="" if delivered is None else json.dumps(delivered),
+            result="" if result is None else json.dumps(result, separators=(",", ":")),
         )
-        pipe.zrem(self.keys.running, instance_id)
-        pipe.zadd(self.keys.retry, {instance_id: at})
-        pipe.execute()
 
-    def finish_instance(
+    def retry(self, instance_id: str, token: str, *, delay: float, error: str, took: float) -> bool:
+        """Park an execution for ``delay`` seconds; False when the attempt lost the record."""
+        return self.scripts.retry(
+            instance_id, token, delay_ms=int(delay * 1000), error=error, latency=_latency(took)
+        )
+
+    def finish(
         self,
         instance: Instance,
-        status: InstanceStatus,
-        now: int,
+        token: str,
+        status: str,
         *,
         error: str | None = None,
         result: dict[str, Any] | None = None,
-    ) -> None:
-        """Write an execution's final state and release its event's overlap slot."""
-        fields: dict[str, str | int] = {"status": status, "completed_at": now}
-        fields["error"] = error or ""
-        if result is not None:
-            fields["result"] = json.dumps(result, separators=(",", ":"))
-        instance.status, instance.completed_at, instance.error = status, now, error
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.keys.instance(instance.id), mapping=fields)
-        pipe.expire(self.keys.instance(instance.id), self.retention)
-        pipe.zrem(self.keys.pending, instance.id)
-        pipe.zrem(self.keys.running, instance.id)
-        if instance.event_id:
-            pipe.srem(self.keys.event_active(instance.event_id), instance.id)
-            # The event's index of executions is trimmed here, off beat's hot path.
-            pipe.zremrangebyscore(
-                self.keys.event_instances(instance.event_id), "-inf", now - self.retention
-            )
-            if status in (InstanceStatus.SUCCEEDED, InstanceStatus.FAILED):
-                event_key = self.keys.event(instance.event_id)
-                pipe.exists(event_key)
-        replies = pipe.execute()
-        if (
-            instance.event_id
-            and status in (InstanceStatus.SUCCEEDED, InstanceStatus.FAILED)
-            and replies[-1]
-        ):
-            self._count_run(instance)
-
-    def _count_run(self, instance: Instance) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(self.keys.event(instance.event_id), "run_count", 1)
-        # The id only: a summary (JSON) would push the hash out of its compact encoding.
-        pipe.hset(self.keys.event(instance.event_id), "last_run", instance.id)
-        pipe.execute()
+        took: float | None = None,
+    ) -> bool:
+        """Write an execution's final state, release its event's overlap slot and count it;
+        False when the attempt lost the record (another took over, or it ended)."""
+        return self.scripts.finish(
+            instance.id,
+            instance.event_id,
+            token,
+            status=status,
+            error=error or "",
+            result="" if result is None else json.dumps(result, separators=(",", ":")),
+            retention=self.retention,
+            latency=None if took is None else _latency(took),
+        )
 
     def list_instances(self, event_id: str, offset: int, limit: int) -> tuple[list[Instance], int]:
         """A page of the event's executions, newest first, and how many are kept."""
@@ -683,3 +511,8 @@ class Store:
         return [Instance.from_hash(i, raw) for i, raw in zip(ids, raws, strict=True) if raw], int(
             total
         )
+
+
+def _latency(seconds: float) -> tuple[str, float]:
+    seconds = max(0.0, seconds)
+    return metrics.bucket_of(seconds), seconds

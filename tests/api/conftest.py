@@ -36,7 +36,8 @@ def clock() -> list[datetime]:
 
 @pytest.fixture
 def api(settings: Settings, store: Store, clock: list[datetime]) -> Api:
-    app = create_app(settings, store=store, clock=lambda: clock[0])
+    store.clock = lambda: clock[0]
+    app = create_app(settings, store=store)
     _, key = store.create_project("acme", int(PINNED.timestamp()))
     return Api(app.test_client(), key)
 

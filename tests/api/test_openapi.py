@@ -14,7 +14,7 @@ from app import create_app
 from app.api import messaging, openapi
 from app.core.settings import Settings
 from app.core.store import Store
-from tests.api.conftest import PINNED, Api, event_body
+from tests.api.conftest import Api, event_body
 
 MESSAGING_METHODS = {
     "send_message",
@@ -337,7 +337,7 @@ def test_every_success_answers_as_documented(api: Api, spec: dict[str, Any]) -> 
 
 
 def test_a_too_large_body_answers_as_documented(settings: Settings, store: Store) -> None:
-    app = create_app(settings.with_(max_body_bytes=2048), store=store, clock=lambda: PINNED)
+    app = create_app(settings.with_(max_body_bytes=2048), store=store)
     client = app.test_client()
     spec = client.get("/openapi.json").get_json()
     response = client.post("/v.1.1/send_message", data=b"{" + b" " * 4096 + b"}")

@@ -15,6 +15,7 @@ from redis import Redis
 
 from app import create_app
 from app.core import metrics
+from app.core.records import Instance, new_id
 from app.core.settings import Settings
 from app.core.store import Store
 from app.embedded_redis import free_port
@@ -107,6 +108,14 @@ def _clients(redis: Redis) -> int:
 # -- metrics ---------------------------------------------------------------------------
 
 
+def ended(store: Store, status: str, took: float) -> None:
+    """A send_message execution that a worker took ``took`` seconds to end in ``status``."""
+    instance = Instance(new_id(), "p", "api", "queued", 0, 0, payload={})
+    store.enqueue(instance, queue=None, message="")
+    start, _ = store.start(instance.id, lease=60, retries=0)
+    assert store.finish(instance, start.token, status, took=took)
+
+
 def test_metrics_read_redis_at_scrape_time(settings: Settings, store: Store) -> None:
     app = app_for(settings, store)
     empty = scrape(app)
@@ -120,8 +129,8 @@ def test_metrics_read_redis_at_scrape_time(settings: Settings, store: Store) -> 
     store.heartbeat(now - 3)
     store.redis.zadd(store.keys.due, {"a": now - 10, "b": now - 1, "c": now + 3600})
     store.redis.rpush(settings.queue, "m1", "m2")
-    metrics.record_send(store.redis, store.keys, "succeeded", 0.3)
-    metrics.record_send(store.redis, store.keys, "failed", 12.0)
+    ended(store, "succeeded", 0.3)
+    ended(store, "failed", 12.0)
     metrics.record_dispatch(
         store.redis, store.keys, [("i1", "queued"), ("i2", "missed"), ("i3", "missed")], [0.02]
     )
@@ -132,7 +141,7 @@ def test_metrics_read_redis_at_scrape_time(settings: Settings, store: Store) -> 
     assert 3 <= after["sendbeat_beat_heartbeat_age_seconds"] < 10
     assert after["sendbeat_executions_total{status=succeeded}"] == 1
     assert after["sendbeat_executions_total{status=failed}"] == 1
-    assert after["sendbeat_executions_total{status=queued}"] == 1
+    assert after["sendbeat_executions_total{status=queued}"] == 3  # two by the API, one by beat
     assert after["sendbeat_executions_total{status=missed}"] == 2
     assert after["sendbeat_send_latency_seconds_count"] == 2
     assert after["sendbeat_send_latency_seconds_sum"] == pytest.approx(12.3)

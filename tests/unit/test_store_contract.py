@@ -1,18 +1,37 @@
-"""The store's contract, run unchanged against fakeredis and a real Redis server."""
+"""The store's contract, run unchanged against fakeredis and a real Redis server.
+
+Every store here has a pinned clock (``Pinned``), which the Lua scripts then use instead
+of the server's: the tests move time by hand instead of sleeping.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import fakeredis
 import pytest
 
-from app.core.events import Defaults, EventSpec, create_events, dispatch_due, plan_claim
+from app.core.dispatch import MAX_MISSED_PER_CLAIM, dispatch_due, plan_claim, release_waiting
+from app.core.errors import Conflict, EventGone, UidTaken
+from app.core.events import (
+    Defaults,
+    EventChanges,
+    EventSpec,
+    create_events,
+    delete_event,
+    send_message,
+    set_paused,
+    trigger,
+    update_event,
+)
 from app.core.keys import Keys
-from app.core.store import InstanceStatus, Store
+from app.core.records import InstanceStatus
+from app.core.scripts import Held, Started
+from app.core.store import Store
 
 NOW = datetime(2026, 3, 2, 10, 0, 30, tzinfo=UTC)
 T0 = int(NOW.timestamp())
@@ -25,12 +44,28 @@ ARGS = {
 }
 
 
+@dataclass
+class Pinned:
+    """A clock the test moves by hand."""
+
+    at: float = T0
+
+    def __call__(self) -> datetime:
+        return datetime.fromtimestamp(self.at, UTC)
+
+
 @pytest.fixture(params=["fakeredis", "redis"])
 def any_store(request: pytest.FixtureRequest) -> Iterator[Store]:
     if request.param == "fakeredis":
-        yield Store(fakeredis.FakeRedis(decode_responses=True), Keys("t"))
+        store = Store(fakeredis.FakeRedis(decode_responses=True), Keys("t"))
     else:
-        yield request.getfixturevalue("store")
+        store = request.getfixturevalue("store")
+    store.clock = Pinned()
+    yield store
+
+
+def at(store: Store, seconds: float) -> None:
+    store.clock.at = seconds  # type: ignore[union-attr]
 
 
 class Recorder:
@@ -38,16 +73,19 @@ class Recorder:
     hands it to publish (the direct path is tested against real Redis below)."""
 
     direct_queue = None
+    template = ""
+    template_parts: tuple[str, ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, fail: bool = False) -> None:
         self.published: list[str] = []
+        self.fail = fail
 
     def publish(self, ids: list[str]) -> None:
-        self.published.extend(ids)
+        if self.fail:
+            from app.core.errors import DispatchError
 
-    @property
-    def template_parts(self) -> list[str]:
-        return []
+            raise DispatchError("Dispatcher error: the broker is down")
+        self.published.extend(ids)
 
     def message(self, instance_id: str) -> str:
         return f"task:{instance_id}"
@@ -55,17 +93,30 @@ class Recorder:
 
 def add(store: Store, schedule: str, **extra: object) -> str:
     spec = EventSpec(schedule=schedule, metadata=ARGS, uid=f"u-{schedule}", **extra)  # type: ignore[arg-type]
-    [event] = create_events(store, "p1", [spec], NOW, Defaults()).events
+    [event] = create_events(store, "p1", [spec], Defaults()).events
     return event.id
+
+
+def dispatch(store: Store, recorder: Recorder, when: float) -> int:
+    at(store, when)
+    return dispatch_due(store, recorder, 100).due  # type: ignore[arg-type]
+
+
+def started(store: Store, iid: str, when: float, lease: float = 300) -> tuple[Started, str]:
+    at(store, when)
+    start, _ = store.start(iid, lease=lease, retries=5)
+    return start.status, start.token
 
 
 def test_an_occurrence_is_claimed_once(any_store: Store) -> None:
     event_id = add(any_store, "every 1 mins")
-    [event] = any_store.due_events(T0 + 30, 10)
+    at(any_store, T0 + 30)
+    now_ms, [event] = any_store.due_events(10)
+    assert now_ms == (T0 + 30) * 1000  # the pinned clock reached the script
     claim = plan_claim(event, T0 + 30)
 
-    first = any_store.claim([claim], T0 + 30, None)
-    second = any_store.claim([plan_claim(event, T0 + 30)], T0 + 30, None)
+    first = any_store.claim([claim])
+    second = any_store.claim([plan_claim(event, T0 + 30)])
 
     assert first == [(claim.send[0], "queued")]  # type: ignore[index]
     assert second == []
@@ -77,22 +128,21 @@ def test_dispatch_moves_the_schedule_and_publishes(any_store: Store) -> None:
     event_id = add(any_store, "every 1 mins")
     recorder = Recorder()
 
-    assert dispatch_due(any_store, recorder, NOW, 100) == 0  # type: ignore[arg-type]
-    assert dispatch_due(any_store, recorder, datetime.fromtimestamp(T0 + 31, UTC), 100) == 1  # type: ignore[arg-type]
+    assert dispatch(any_store, recorder, T0) == 0
+    assert dispatch(any_store, recorder, T0 + 31) == 1
 
     [instance], _ = any_store.list_instances(event_id, 0, 10)
     assert recorder.published == [instance.id]
     assert instance.status == InstanceStatus.QUEUED
     assert any_store.event_by_id("p1", event_id).scheduled_at == T0 + 90  # type: ignore[union-attr]
-    assert any_store.waiting(any_store.keys.pending, T0 + 100) == []
+    assert any_store.waiting(any_store.keys.pending) == []  # published: nothing pending
 
 
 def test_a_long_outage_records_missed_runs_and_sends_only_the_latest(any_store: Store) -> None:
     event_id = add(any_store, "every 1 mins", catchup_window=120)
     recorder = Recorder()
-    later = datetime.fromtimestamp(T0 + 30 + 600 + 10, UTC)  # ten minutes of downtime
 
-    dispatch_due(any_store, recorder, later, 100)  # type: ignore[arg-type]
+    dispatch(any_store, recorder, T0 + 30 + 600 + 10)  # ten minutes of downtime
 
     instances, _ = any_store.list_instances(event_id, 0, 100)
     statuses = Counter(i.status for i in instances)
@@ -102,12 +152,32 @@ def test_a_long_outage_records_missed_runs_and_sends_only_the_latest(any_store: 
     assert any_store.event_by_id("p1", event_id).scheduled_at == T0 + 30 + 660  # type: ignore[union-attr]
 
 
+def test_an_outage_beyond_the_missed_cap_still_sends_the_latest_once(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 secs", catchup_window=5)
+    recorder = Recorder()
+    first_run = T0 + 1
+    down_until = first_run + 3 * 3600 + 0.5  # three hours: 10,800 occurrences
+
+    dispatch(any_store, recorder, down_until)
+
+    instances, total = any_store.list_instances(event_id, 0, 1000)
+    statuses = Counter(i.status for i in instances)
+    # The cap bounds the records written, never what is sent: the latest is sent once.
+    assert statuses == {"missed": MAX_MISSED_PER_CLAIM, "queued": 1}
+    assert total == MAX_MISSED_PER_CLAIM + 1
+    [sent] = [i for i in instances if i.status == "queued"]
+    assert sent.scheduled_for == int(down_until)
+    missed = sorted(i.scheduled_for for i in instances if i.status == "missed")
+    assert missed == list(range(int(down_until) - MAX_MISSED_PER_CLAIM, int(down_until)))
+    assert recorder.published == [sent.id]
+    assert any_store.event_by_id("p1", event_id).scheduled_at == int(down_until) + 1  # type: ignore[union-attr]
+
+
 def test_beyond_the_window_nothing_is_sent(any_store: Store) -> None:
     event_id = add(any_store, "every 1 hours", catchup_window=60)
     recorder = Recorder()
-    late = datetime.fromtimestamp(T0 + 3600 + 300, UTC)
 
-    dispatch_due(any_store, recorder, late, 100)  # type: ignore[arg-type]
+    dispatch(any_store, recorder, T0 + 3600 + 300)
 
     [instance], _ = any_store.list_instances(event_id, 0, 10)
     assert instance.status == "missed" and recorder.published == []
@@ -116,20 +186,34 @@ def test_beyond_the_window_nothing_is_sent(any_store: Store) -> None:
 def test_overlap_skip_records_skipped_while_one_is_running(any_store: Store) -> None:
     event_id = add(any_store, "every 1 mins")
     recorder = Recorder()
-    dispatch_due(any_store, recorder, datetime.fromtimestamp(T0 + 30, UTC), 100)  # type: ignore[arg-type]
+    dispatch(any_store, recorder, T0 + 30)
 
-    dispatch_due(any_store, recorder, datetime.fromtimestamp(T0 + 90, UTC), 100)  # type: ignore[arg-type]
+    dispatch(any_store, recorder, T0 + 90)
 
     instances, _ = any_store.list_instances(event_id, 0, 10)
     assert [i.status for i in instances] == ["skipped", "queued"]
     assert len(recorder.published) == 1
 
 
+def test_an_execution_whose_record_expired_does_not_block_its_event(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 mins")
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 30)
+    # Its task was lost with a queue flushed by hand; the record outlived the retention.
+    [stale] = recorder.published
+    any_store.redis.delete(any_store.keys.instance(stale))
+
+    dispatch(any_store, recorder, T0 + 30 + any_store.retention + 60)
+
+    instances, _ = any_store.list_instances(event_id, 0, 10)
+    assert instances[0].status == "queued"  # not skipped for ever
+
+
 def test_a_one_time_event_completes(any_store: Store) -> None:
     event_id = add(any_store, "in 5 minutes")
     recorder = Recorder()
 
-    dispatch_due(any_store, recorder, datetime.fromtimestamp(T0 + 300, UTC), 100)  # type: ignore[arg-type]
+    dispatch(any_store, recorder, T0 + 300)
 
     event = any_store.event_by_id("p1", event_id)
     assert event is not None and event.status == "completed" and event.scheduled_at is None
@@ -139,31 +223,244 @@ def test_a_one_time_event_completes(any_store: Store) -> None:
 def test_an_execution_starts_once(any_store: Store) -> None:
     add(any_store, "every 1 mins")
     recorder = Recorder()
-    dispatch_due(any_store, recorder, datetime.fromtimestamp(T0 + 30, UTC), 100)  # type: ignore[arg-type]
+    dispatch(any_store, recorder, T0 + 30)
     [iid] = recorder.published
 
-    assert any_store.start_instance(iid, T0 + 31, 300) == ("start", 1)
-    assert any_store.start_instance(iid, T0 + 32, 300)[0] == "running"  # a redelivery waits
-    assert any_store.start_instance(iid, T0 + 400, 300) == ("start", 2)  # lease ran out
+    assert started(any_store, iid, T0 + 31) == ("start", "1")
+    assert started(any_store, iid, T0 + 32)[0] == "running"  # a redelivery waits
+    assert started(any_store, iid, T0 + 400) == ("start", "2")  # lease ran out
     instance = any_store.instance(iid)
     assert instance is not None
-    any_store.finish_instance(instance, InstanceStatus.SUCCEEDED, T0 + 401)
-    assert any_store.start_instance(iid, T0 + 900, 300)[0] == "succeeded"
+    assert any_store.finish(instance, "2", InstanceStatus.SUCCEEDED)
+    assert started(any_store, iid, T0 + 900)[0] == "succeeded"
 
 
-def test_deleting_cancels_queued_executions(any_store: Store) -> None:
+def test_a_stale_attempt_can_write_nothing(any_store: Store) -> None:
     event_id = add(any_store, "every 1 mins")
     recorder = Recorder()
-    dispatch_due(any_store, recorder, datetime.fromtimestamp(T0 + 30, UTC), 100)  # type: ignore[arg-type]
+    dispatch(any_store, recorder, T0 + 30)
+    [iid] = recorder.published
+    started(any_store, iid, T0 + 31, lease=5)
+    started(any_store, iid, T0 + 40, lease=5)  # taken over: attempt 2 holds it now
+    instance = any_store.instance(iid)
+    assert instance is not None
+
+    assert any_store.hold(iid, "1", lease=5, delivered=["a@example.com"]) == (Held.LOST, "")
+    assert not any_store.retry(iid, "1", delay=10, error="451", took=1.0)
+    assert not any_store.finish(instance, "1", InstanceStatus.FAILED, error="stale")
+
+    record = any_store.instance(iid)
+    assert record is not None
+    assert (record.status, record.delivered, record.attempts) == ("running", [], 2)
+    assert any_store.finish(instance, "2", InstanceStatus.SUCCEEDED)
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None and event.run_count == 1
+    counts = any_store.redis.hgetall(any_store.keys.metrics_executions)
+    assert counts.get("succeeded") == "1" and "failed" not in counts
+
+
+def test_a_held_lease_outlives_its_first_term(any_store: Store) -> None:
+    add(any_store, "every 1 mins")
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 30)
+    [iid] = recorder.published
+    started(any_store, iid, T0 + 31, lease=5)
+
+    for second in range(33, 60, 2):  # the heartbeat, every third of the lease
+        at(any_store, T0 + second)
+        assert any_store.hold(iid, "1", lease=5) == (Held.HELD, "")
+        assert release_waiting(any_store, recorder, unconfirmed=30) == 0  # type: ignore[arg-type]
+        assert started(any_store, iid, T0 + second + 1)[0] == "running"
+
+    assert len(recorder.published) == 1
+
+
+def test_an_execution_taken_over_too_often_ends_failed(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 mins", retries=1)
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 30)
+    [iid] = recorder.published
+
+    when = T0 + 31
+    for _ in range(1 + 3):  # the first start, then retries + 2 takeovers
+        assert started(any_store, iid, when, lease=5)[0] == "start"
+        when += 10
+    assert started(any_store, iid, when, lease=5)[0] == "failed"
+
+    record = any_store.instance(iid)
+    assert record is not None
+    assert (record.status, record.error) == ("failed", "worker lost 4 times")
+    assert not any_store.redis.zscore(any_store.keys.running, iid)
+    assert not any_store.redis.zcard(any_store.keys.event_inflight(event_id))
+
+
+def test_a_retry_waits_for_its_time(any_store: Store) -> None:
+    add(any_store, "every 1 mins")
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 30)
+    [iid] = recorder.published
+    started(any_store, iid, T0 + 31)
+
+    assert any_store.retry(iid, "1", delay=20, error="451 later", took=0.5)
+
+    assert started(any_store, iid, T0 + 40)[0] == "waiting"  # an early copy
+    at(any_store, T0 + 50)
+    assert release_waiting(any_store, recorder, unconfirmed=30) == 0  # type: ignore[arg-type]
+    at(any_store, T0 + 52)
+    assert release_waiting(any_store, recorder, unconfirmed=30) == 1  # type: ignore[arg-type]
+    assert started(any_store, iid, T0 + 52) == ("start", "2")
+
+
+def test_deleting_cancels_queued_executions_and_leaves_nothing_live(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 mins")
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 30)
     event = any_store.event_by_id("p1", event_id)
     assert event is not None
 
-    cancelled = any_store.delete_event(event, T0 + 31)
+    delete_event(any_store, event)
 
-    assert cancelled == recorder.published
-    assert any_store.instance(cancelled[0]).status == "cancelled"  # type: ignore[union-attr]
-    assert any_store.start_instance(cancelled[0], T0 + 31, 300)[0] == "cancelled"
-    assert any_store.due_events(T0 + 10_000, 10) == []
+    [iid] = recorder.published
+    assert any_store.instance(iid).status == "cancelled"  # type: ignore[union-attr]
+    assert started(any_store, iid, T0 + 31)[0] == "cancelled"
+    at(any_store, T0 + 10_000)
+    assert any_store.due_events(10)[1] == []
+    keys = any_store.keys
+    assert not any_store.redis.exists(keys.event(event_id), keys.event_metadata(event_id))
+    # Its executions stay readable until the retention, then go too.
+    for key in (keys.event_instances(event_id), keys.event_inflight(event_id)):
+        ttl = any_store.redis.ttl(key)
+        assert ttl == -2 or 0 < ttl <= any_store.retention
+
+
+def test_pausing_stops_an_execution_being_sent(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 mins")
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 30)
+    [iid] = recorder.published
+    started(any_store, iid, T0 + 31)
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None
+
+    set_paused(any_store, event, True)
+
+    assert any_store.hold(iid, "1", lease=300) == (Held.STOP, "paused")
+    instance = any_store.instance(iid)
+    assert instance is not None and instance.status == "running"
+
+
+def test_an_edit_racing_a_delete_never_brings_the_event_back(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 mins")
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None
+    real_now = any_store.now
+
+    def delete_in_between() -> datetime:
+        # The delete lands after the update read the event and before it writes.
+        any_store.now = real_now  # type: ignore[method-assign]
+        delete_event(any_store, any_store.event_by_id("p1", event_id))  # type: ignore[arg-type]
+        return real_now()
+
+    any_store.now = delete_in_between  # type: ignore[method-assign]
+    with pytest.raises(EventGone):
+        update_event(any_store, event, EventChanges(schedule="every 2 mins"))
+
+    keys = any_store.keys
+    assert not any_store.redis.exists(keys.event(event_id), keys.event_metadata(event_id))
+    assert any_store.redis.zscore(keys.due, event_id) is None
+    assert any_store.redis.hget(keys.uids("p1"), "u-every 1 mins") is None
+
+
+def test_an_update_keeps_the_status_beat_wrote_meanwhile(any_store: Store) -> None:
+    event_id = add(any_store, "in 5 minutes")
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None
+    real_now = any_store.now
+    recorder = Recorder()
+
+    def beat_in_between() -> datetime:
+        any_store.now = real_now  # type: ignore[method-assign]
+        dispatch(any_store, recorder, T0 + 300)  # beat claims it: the event completes
+        return real_now()
+
+    any_store.now = beat_in_between  # type: ignore[method-assign]
+    updated = update_event(any_store, event, EventChanges(retries=2))
+
+    assert (updated.status, updated.retries) == ("completed", 2)
+    stored = any_store.event_by_id("p1", event_id)
+    assert stored is not None and stored.status == "completed"
+
+
+def test_of_two_triggers_at_once_one_is_refused(any_store: Store) -> None:
+    event_id = add(any_store, "@daily")
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None
+    recorder = Recorder()
+
+    trigger(any_store, recorder, event)  # type: ignore[arg-type]
+    with pytest.raises(Conflict):
+        trigger(any_store, recorder, event)  # type: ignore[arg-type]
+
+    assert len(recorder.published) == 1
+    assert any_store.redis.zcard(any_store.keys.event_inflight(event_id)) == 1
+
+
+def test_a_failed_publish_leaves_nothing_and_frees_the_uid(any_store: Store) -> None:
+    event_id = add(any_store, "@daily")
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None
+    from app.core.errors import DispatchError
+
+    with pytest.raises(DispatchError):
+        trigger(any_store, Recorder(fail=True), event)  # type: ignore[arg-type]
+    with pytest.raises(DispatchError):
+        send_message(any_store, Recorder(fail=True), "p1", ARGS["arguments"], "m-1")  # type: ignore[arg-type]
+
+    assert any_store.list_instances(event_id, 0, 10) == ([], 0)
+    assert any_store.waiting(any_store.keys.pending) == []
+    recorder = Recorder()
+    trigger(any_store, recorder, event)  # type: ignore[arg-type]  # no phantom: not 409
+    send_message(any_store, recorder, "p1", ARGS["arguments"], "m-1")  # type: ignore[arg-type]
+    with pytest.raises(UidTaken):
+        send_message(any_store, recorder, "p1", ARGS["arguments"], "m-1")  # type: ignore[arg-type]
+    assert len(recorder.published) == 2
+
+
+def test_a_queued_record_whose_publish_never_came_is_published_after_a_grace(
+    any_store: Store,
+) -> None:
+    event_id = add(any_store, "@daily")
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None
+
+    class Dies(Recorder):
+        def publish(self, ids: list[str]) -> None:
+            raise KeyboardInterrupt  # the web process dies between record and publish
+
+    with pytest.raises(KeyboardInterrupt):
+        trigger(any_store, Dies(), event)  # type: ignore[arg-type]
+    [(iid, _)] = any_store.waiting(any_store.keys.pending)
+
+    recorder = Recorder()
+    at(any_store, T0 + 10)
+    assert release_waiting(any_store, recorder, unconfirmed=30) == 0  # type: ignore[arg-type]
+    at(any_store, T0 + 31)
+    assert release_waiting(any_store, recorder, unconfirmed=30) == 1  # type: ignore[arg-type]
+    assert recorder.published == [iid]
+    assert any_store.waiting(any_store.keys.pending) == []
+    assert started(any_store, iid, T0 + 32)[0] == "start"
+
+
+def test_message_uids_expire_with_the_retention(any_store: Store) -> None:
+    recorder = Recorder()
+    send_message(any_store, recorder, "p1", ARGS["arguments"], "m-1")  # type: ignore[arg-type]
+    with pytest.raises(UidTaken):
+        send_message(any_store, recorder, "p1", ARGS["arguments"], "m-1")  # type: ignore[arg-type]
+
+    at(any_store, T0 + any_store.retention + 1)
+    send_message(any_store, recorder, "p1", ARGS["arguments"], "m-2")  # type: ignore[arg-type]
+
+    assert any_store.redis.zrange(any_store.keys.message_uids("p1"), 0, -1) == ["m-2"]
 
 
 def test_api_keys(any_store: Store) -> None:
@@ -183,24 +480,24 @@ def test_api_keys(any_store: Store) -> None:
 def test_a_copy_that_stands_down_keeps_the_record_watched(any_store: Store) -> None:
     add(any_store, "every 1 mins")
     recorder = Recorder()
-    dispatch_due(any_store, recorder, datetime.fromtimestamp(T0 + 30, UTC), 100)  # type: ignore[arg-type]
+    dispatch(any_store, recorder, T0 + 30)
     [iid] = recorder.published
-    any_store.start_instance(iid, T0 + 31, 5)  # lease until T0 + 36
+    started(any_store, iid, T0 + 31, lease=5)  # lease until T0 + 36
     # Beat sweeps the lease away from {p}:running to publish a copy...
-    any_store.forget_waiting(any_store.keys.running, [iid])
+    any_store.redis.zrem(any_store.keys.running, iid)
 
     # ...and the copy, arriving within the lease, stands down.
-    assert any_store.start_instance(iid, T0 + 36, 5)[0] == "running"
+    assert started(any_store, iid, T0 + 36, lease=5)[0] == "running"
 
     # The record is watched again, so a worker that dies now is still noticed.
-    assert any_store.waiting(any_store.keys.running, T0 + 37) == [iid]
+    assert any_store.waiting(any_store.keys.running) == [(iid, (T0 + 36) * 1000)]
 
 
 def test_dispatch_counts_what_it_wrote_and_how_late(any_store: Store) -> None:
     add(any_store, "every 1 mins", catchup_window=120)
     recorder = Recorder()
 
-    dispatch_due(any_store, recorder, datetime.fromtimestamp(T0 + 30 + 180, UTC), 100)  # type: ignore[arg-type]
+    dispatch(any_store, recorder, T0 + 30 + 180)
 
     counts = any_store.redis.hgetall(any_store.keys.metrics_executions)
     lateness = any_store.redis.hgetall(any_store.keys.metrics_lateness)
@@ -216,7 +513,15 @@ def test_scheduling_an_event_wakes_a_sleeping_beat(any_store: Store) -> None:
     assert any_store.redis.lrange(any_store.keys.beat_wake, 0, -1) == ["1"]
     if isinstance(any_store.redis, fakeredis.FakeRedis):
         return  # fakeredis does not block; the rest needs a real server
-    started = time.monotonic()
+    started_at = time.monotonic()
     assert any_store.wait_for_wake(5) is True  # the token is there: no waiting
     assert any_store.wait_for_wake(0.2) is False  # consumed; the next wait times out
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started_at < 2
+
+
+def test_an_unpinned_store_decides_by_the_servers_clock(store: Store) -> None:
+    assert store.clock is None
+    server = float(".".join(map(str, store.redis.time())))
+    assert abs(store.now().timestamp() - server) < 5
+    now_ms, _ = store.due_events(1)
+    assert abs(now_ms / 1000 - server) < 5

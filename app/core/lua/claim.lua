@@ -9,44 +9,46 @@
 -- command each for the whole batch; arguments are flat strings, never JSON.
 --
 -- KEYS[1]  {p}:due        ZSET  event id -> next run (whole epoch seconds)
--- KEYS[2]  {p}:pending    ZSET  instance id -> claimed at; cleared once its task is published
--- KEYS[3]  the broker's queue LIST when the broker is this Redis, else "": then the task
---          messages are pushed here in the same atomic step as the claim, so no crash can
---          come between claiming and publishing; otherwise the caller publishes and
---          clears {p}:pending, and a crash in between is recovered from there
--- ARGV[1]  now (epoch seconds)
+-- KEYS[2]  the broker's queue LIST when the broker is this Redis: the task messages are
+--          pushed here in the same atomic step as the claim, so no crash can come
+--          between claiming and publishing. Otherwise {p}:pending (ZSET instance id ->
+--          epoch ms): the caller publishes, then clears it; a crash in between is
+--          recovered from there.
+-- KEYS[3..] per claim, from the claim's key base b: b the event HASH, b+1 its
+--          :instances ZSET, b+2 its :inflight ZSET, then the instance HASH of the
+--          occurrence to send (when there is one), then one per missed occurrence
+-- ARGV[1]  now (epoch ms) when pinned, else ""
 -- ARGV[2]  retention (seconds): instance records expire after this
--- ARGV[3]  event hash key prefix    ("{p}:event:", from app.core.keys; the event's
---          ":instances" ZSET and ":active" SET hang off the event key, as keys.py documents)
--- ARGV[4]  instance hash key prefix ("{p}:instance:")
--- ARGV[5]  the number T of task message template parts that follow
--- ARGV[6..5+T] the parts (app.core.publisher.RedisMessages.parts): a message is the
+-- ARGV[3]  "push" (KEYS[2] is the queue) or "pending"
+-- ARGV[4]  the number T of task message template parts that follow
+-- ARGV[5..4+T] the parts (app.core.publisher.RedisMessages.parts): a message is the
 --          parts joined with the instance id between each two
--- ARGV[6+T] the claims, one string: records separated by \30 (RS), each of 9 fields
+-- ARGV[5+T] the claims, one string: records separated by \30 (RS), each of 10 fields
 --          separated by \31 (US) — one argument, so the client packs one string, not
---          nine per claim (uids cannot hold control characters; the API refuses them):
+--          ten per claim (uids cannot hold control characters; the API refuses them):
 --          event id, scheduled epoch, next epoch ("" = none: the event is done),
 --          event uid, project id, overlap ("skip" | "allow"),
 --          instance id to send ("" = none), its scheduled epoch,
---          missed occurrences ("" or "instance-id epoch instance-id epoch ...")
+--          missed occurrences ("" or "instance-id epoch instance-id epoch ..."),
+--          the claim's key base b
 -- Returns  a flat list: instance id, status ("queued" | "skipped" | "missed"), ...
 --          for every record written; nothing for claims that lost the race.
 
-local now = ARGV[1]
-local retention = ARGV[2]
-local event_prefix = ARGV[3]
-local instance_prefix = ARGV[4]
-local parts = tonumber(ARGV[5])
+local now = clock(ARGV[1])
+local stamp = math.floor(now / 1000)
+local retention = tonumber(ARGV[2])
+local push = ARGV[3] == 'push'
+local parts = tonumber(ARGV[4])
 -- The message skeleton: parts at odd places, the instance id goes in the even ones.
 local skeleton = {}
-for i = 6, 5 + parts do
+for i = 5, 4 + parts do
   skeleton[#skeleton + 1] = ARGV[i]
   skeleton[#skeleton + 1] = ''
 end
 skeleton[#skeleton] = nil
 
 local claims, ids = {}, {}
-for record in string.gmatch(ARGV[6 + parts], '[^\30]+') do
+for record in string.gmatch(ARGV[5 + parts], '[^\30]+') do
   local claim = {}
   for value in string.gmatch(record .. '\31', '([^\31]*)\31') do
     claim[#claim + 1] = value
@@ -60,51 +62,55 @@ if #claims == 0 then
 end
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
 
-local function write_instance(event_key, c, id, at, status)
-  local key = instance_prefix .. id
+local function write_instance(key, instances, c, id, at, status)
   if status == 'queued' then
     redis.call('HSET', key, 'event_id', c[1], 'event_uid', c[4], 'project_id', c[5],
-      'trigger', 'schedule', 'status', status, 'scheduled_for', at, 'enqueued_at', now)
+      'trigger', 'schedule', 'status', status, 'scheduled_for', at, 'enqueued_at', stamp)
   else
-    -- Finished already: it expires after the retention. A queued record gets its
-    -- expiry when its worker finishes it (off this hot path).
     redis.call('HSET', key, 'event_id', c[1], 'event_uid', c[4], 'project_id', c[5],
-      'trigger', 'schedule', 'status', status, 'scheduled_for', at, 'enqueued_at', now,
-      'completed_at', now)
-    redis.call('EXPIRE', key, retention)
+      'trigger', 'schedule', 'status', status, 'scheduled_for', at, 'enqueued_at', stamp,
+      'completed_at', stamp)
   end
-  redis.call('ZADD', event_key .. ':instances', at, id)
+  redis.call('EXPIRE', key, retention)
+  redis.call('ZADD', instances, at, id)
   out[#out + 1] = id
   out[#out + 1] = status
 end
 
 local moves, removed, messages = {}, {}, {}
 for i, c in ipairs(claims) do
-  -- c: event id, scheduled, next, uid, project id, overlap, send id, send at, missed
+  -- c: event id, scheduled, next, uid, project id, overlap, send id, send at, missed, base
   local score = scores[i]
   if score and tonumber(score) == tonumber(c[2]) then
-    local event_key = event_prefix .. c[1]
+    local base = tonumber(c[10])
+    local event, instances, inflight = KEYS[base], KEYS[base + 1], KEYS[base + 2]
+    local next_key = base + 3
     if c[3] ~= '' then
       moves[#moves + 1] = c[3]
       moves[#moves + 1] = c[1]
     else
       removed[#removed + 1] = c[1]
-      redis.call('HSET', event_key, 'status', 'completed')
+      redis.call('HSET', event, 'status', 'completed')
+    end
+    local send_id = c[7]
+    local send_key
+    if send_id ~= '' then
+      send_key = KEYS[next_key]
+      next_key = next_key + 1
     end
     if c[9] ~= '' then
       for missed_id, at in string.gmatch(c[9], '(%S+) (%S+)') do
-        write_instance(event_key, c, missed_id, at, 'missed')
+        write_instance(KEYS[next_key], instances, c, missed_id, at, 'missed')
+        next_key = next_key + 1
       end
     end
-    local send_id = c[7]
     if send_id ~= '' then
       local status = 'queued'
-      local active = event_key .. ':active'
-      if c[6] ~= 'allow' and redis.call('SCARD', active) > 0 then
+      if c[6] ~= 'allow' and live_count(inflight, now) > 0 then
         status = 'skipped'
       else
-        redis.call('SADD', active, send_id)
-        if KEYS[3] ~= '' then
+        redis.call('ZADD', inflight, now + retention * 1000, send_id)
+        if push then
           for slot = 2, #skeleton, 2 do
             skeleton[slot] = send_id
           end
@@ -113,7 +119,7 @@ for i, c in ipairs(claims) do
           redis.call('ZADD', KEYS[2], now, send_id)
         end
       end
-      write_instance(event_key, c, send_id, c[8], status)
+      write_instance(send_key, instances, c, send_id, c[8], status)
     end
   end
 end
@@ -124,6 +130,6 @@ if #removed > 0 then
   redis.call('ZREM', KEYS[1], unpack(removed))
 end
 if #messages > 0 then
-  redis.call('LPUSH', KEYS[3], unpack(messages))
+  redis.call('LPUSH', KEYS[2], unpack(messages))
 end
 return out

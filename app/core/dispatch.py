@@ -1,0 +1,179 @@
+"""Beat's half of the engine: claim the occurrences that are due and hand them, with
+the executions that wait in Redis (retries, lost leases, unconfirmed publishes), to
+the broker.
+
+Every decision is taken by the Redis clock: the due read returns the server's time,
+and beat plans its claims by that time, whatever its own clock says.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from functools import lru_cache
+
+from redis.exceptions import RedisError
+
+from app.core import metrics
+from app.core.clock import from_timestamp
+from app.core.publisher import Publisher
+from app.core.records import DueEvent, InstanceStatus, new_id
+from app.core.schedules import Schedule, parse_schedule
+from app.core.scripts import Claim
+from app.core.store import Store
+
+log = logging.getLogger("sendbeat.beat")
+
+# A beat that was down for long writes at most this many missed records per event and
+# claim (the most recent ones): the cap bounds what is written, never what is sent.
+MAX_MISSED_PER_CLAIM = 100
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    due: int  # events that were due
+    now: float  # Redis' time of the due read (epoch seconds)
+
+
+def plan_claim(event: DueEvent, now: int) -> Claim:
+    """Decide what to do with one due event: send its latest occurrence if it is within
+    the catch-up window, record the older ones as missed, and find the next run."""
+    occurrences: tuple[int, ...] = (event.scheduled_at,)
+    next_at: int | None = None
+    if event.event_type == "repeatable":
+        occurrences, next_at = _occurrences(event.schedule, event.timezone, event.scheduled_at, now)
+    latest = occurrences[-1]
+    on_time = now - latest <= event.catchup_window
+    missed = occurrences[:-1] if on_time else occurrences
+    return Claim(
+        event_id=event.id,
+        at=event.scheduled_at,
+        next_at=next_at,
+        send=(new_id(), latest) if on_time else None,
+        missed=tuple((new_id(), at) for at in missed[-MAX_MISSED_PER_CLAIM:]),
+        event_uid=event.uid,
+        project_id=event.project_id,
+        overlap=event.overlap,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _occurrences(
+    text: str, timezone: str, scheduled_at: int, now: int
+) -> tuple[tuple[int, ...], int | None]:
+    """The occurrences from ``scheduled_at`` up to ``now`` — all of them, or after a long
+    outage only the latest ``MAX_MISSED_PER_CLAIM + 1`` — and the first run after ``now``.
+    Cached: the many events that share a schedule and fall due together cost one walk."""
+    schedule = parse_schedule(text, timezone, now=from_timestamp(scheduled_at))
+    keep = MAX_MISSED_PER_CLAIM + 1
+    kept, after, done = _walk(schedule, scheduled_at, now, keep, budget=2 * keep)
+    if done:
+        return tuple(kept), after
+    # A long outage: rather than walk all of it, walk the end of it, reaching further
+    # back (twice as far each time) until it holds enough occurrences.
+    span = (kept[1] - kept[0]) * keep
+    while True:
+        start = scheduled_at
+        if now - span > scheduled_at:
+            first = schedule.next_after(from_timestamp(now - span - 1))
+            if first is None or first.timestamp() > now:
+                span *= 2
+                continue
+            start = int(first.timestamp())
+        kept, after, _ = _walk(schedule, start, now, keep)
+        if len(kept) == keep or start == scheduled_at:
+            return tuple(kept), after
+        span *= 2
+
+
+def _walk(
+    schedule: Schedule, first: int, now: int, keep: int, budget: int | None = None
+) -> tuple[deque[int], int | None, bool]:
+    """Walk the occurrences from ``first`` (one of them) up to ``now``, keeping the last
+    ``keep``; stop after ``budget`` steps. Returns (kept, the first run after ``now``,
+    whether the walk got past ``now``)."""
+    kept: deque[int] = deque(maxlen=keep)
+    at: int | None = first
+    steps = 0
+    while at is not None and at <= now:
+        if budget is not None and steps == budget:
+            return kept, None, False
+        kept.append(at)
+        steps += 1
+        following = schedule.next_after(from_timestamp(at))
+        at = None if following is None else int(following.timestamp())
+    return kept, at, True
+
+
+def dispatch_due(
+    store: Store,
+    publisher: Publisher,
+    batch: int,
+    *,
+    batches: int = 1,
+    claimer: Executor | None = None,
+) -> Dispatched:
+    """Claim and publish what is due now (Redis' time): up to ``batches`` claims of
+    ``batch`` events each.
+
+    With a ``claimer`` (one thread), beat plans the next batch while Redis runs the
+    claim of the one before: Python and Redis work side by side instead of in turn.
+    """
+    now_ms, events = store.due_events(batch * batches)
+    stamp = now_ms // 1000
+    queue, parts = publisher.direct_queue, publisher.template_parts
+    written: list[tuple[str, str]] = []
+    running: Future[list[tuple[str, str]]] | None = None
+    sends: dict[str, int] = {}  # instance id -> the occurrence it sends, for metrics
+    for start in range(0, len(events), batch):
+        claims = [plan_claim(e, stamp) for e in events[start : start + batch]]
+        sends.update(c.send for c in claims if c.send is not None)
+        if claimer is None:
+            written += store.claim(claims, queue, parts)
+            continue
+        if running is not None:
+            written += running.result()
+        running = claimer.submit(store.claim, claims, queue, parts)
+    if running is not None:
+        written += running.result()
+    if queue is None:
+        queued = [iid for iid, status in written if status == InstanceStatus.QUEUED]
+        publisher.publish(queued)
+        store.forget_pending(queued)
+    _record_dispatch(store, sends, written, now_ms / 1000)
+    return Dispatched(len(events), now_ms / 1000)
+
+
+def _record_dispatch(
+    store: Store, sends: dict[str, int], written: list[tuple[str, str]], now: float
+) -> None:
+    """Count what beat wrote and how late each queued occurrence reached the broker."""
+    lateness = [
+        now - sends[iid]
+        for iid, status in written
+        if status == InstanceStatus.QUEUED and iid in sends
+    ]
+    try:
+        metrics.record_dispatch(store.redis, store.keys, written, lateness)
+    except RedisError as exc:  # a dispatch never fails over its metrics
+        log.warning("could not record dispatch metrics: %s", exc)
+
+
+def release_waiting(store: Store, publisher: Publisher, *, unconfirmed: float) -> int:
+    """Publish what waits in Redis and is due by Redis' clock: retries whose backoff ran
+    out, executions whose worker's lease ran out (it died or stalled mid-send), and
+    executions whose publish was not confirmed for ``unconfirmed`` seconds (the process
+    that queued them died in between). Workers start a record only once, so a second
+    copy of a task is harmless."""
+    keys = store.keys
+    queue, template = publisher.direct_queue, publisher.template
+    published = 0
+    for waiting, grace in ((keys.retry, 0.0), (keys.running, 0.0), (keys.pending, unconfirmed)):
+        ids = store.release(waiting, grace=grace, queue=queue, template=template)
+        if ids and queue is None:
+            publisher.publish(ids)
+            store.forget_pending(ids)
+        published += len(ids)
+    return published
