@@ -19,9 +19,6 @@ from workers.context import context_for
 
 log = logging.getLogger("sendbeat.beat")
 
-# An execution whose publish is unconfirmed this long is taken to be lost (the beat or
-# web that queued it died in between), and published again.
-UNCONFIRMED_AFTER = 30
 # Batches claimed per tick; the heartbeat and the waiting sets are seen to between ticks.
 BATCHES_PER_TICK = 10
 
@@ -65,7 +62,9 @@ class SendbeatScheduler(Scheduler):
 
     def _release(self) -> None:
         count = release_waiting(
-            self._context.store, self._context.publisher, unconfirmed=UNCONFIRMED_AFTER
+            self._context.store,
+            self._context.publisher,
+            unconfirmed=self._context.settings.publish_grace,
         )
         if count:
             log.info("published %d waiting executions (retries, lost leases or publishes)", count)

@@ -50,6 +50,7 @@ class Settings:
     beat_max_sleep: float = 1.0
     beat_batch_size: int = 1000
     send_lease: int = 300
+    publish_grace: int = 30
     visibility_timeout: int = 900
     rate_limit_messaging: str = "600/minute"
     rate_limit_schedules: str = "60/minute"
@@ -103,6 +104,7 @@ class Settings:
                 env, "SENDBEAT_BEAT_BATCH_SIZE", defaults.beat_batch_size, 1, 2000
             ),
             send_lease=_int(env, "SENDBEAT_SEND_LEASE", defaults.send_lease, 5),
+            publish_grace=_int(env, "SENDBEAT_PUBLISH_GRACE", defaults.publish_grace, 1),
             visibility_timeout=_int(
                 env, "SENDBEAT_VISIBILITY_TIMEOUT", defaults.visibility_timeout, 5
             ),

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -37,7 +38,8 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     message: EmailMessage
-    at: float
+    at: float  # when the server accepted it
+    began: float = 0.0  # when its SMTP transaction began (MAIL FROM)
 
 
 @dataclass
@@ -53,6 +55,14 @@ class SmtpSink:
     replies: list[str] = field(default_factory=list)
     refused: int = 0
 
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.began = time.time()
+        return "250 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -67,8 +77,14 @@ class SmtpSink:
         message = email.message_from_bytes(envelope.content, policy=default_policy)
         with self.lock:
             self.messages.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), message, time.time())
-            )  # type: ignore[arg-type]
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    message,  # type: ignore[arg-type]
+                    time.time(),
+                    getattr(envelope, "began", 0.0),
+                )
+            )
         return "250 Message accepted for delivery"
 
     def wait_for(self, count: int, timeout: float) -> list[Received]:
@@ -140,11 +156,22 @@ def process_env(settings: Settings) -> dict[str, str]:
         SENDBEAT_QUEUE=settings.queue,
         SENDBEAT_ALLOW_PRIVATE_REFS="1" if settings.allow_private_refs else "0",
         SENDBEAT_SEND_LEASE=str(settings.send_lease),
+        SENDBEAT_PUBLISH_GRACE=str(settings.publish_grace),
         SENDBEAT_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
+        SENDBEAT_RATE_LIMIT_MESSAGING="none",
+        SENDBEAT_RATE_LIMIT_SCHEDULES="none",
         PYTHONUNBUFFERED="1",
     )
     env.pop("BROKER_URL", None)
+    if settings.broker_url:
+        env["BROKER_URL"] = settings.broker_url
     return env
+
+
+def skewed(seconds: int) -> list[str]:
+    """A command prefix that runs a process with its clock shifted by ``seconds``
+    (libfaketime; monotonic clocks stay real, as a machine's would)."""
+    return ["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", f"{seconds:+d}s"]
 
 
 class Processes:
@@ -155,18 +182,14 @@ class Processes:
         self.logs = logs
         self.running: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self, *args: str, name: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, *args: str, name: str, prefix: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "celery", "--app", "workers.main", *args]
+        return self.run([*(prefix or []), *command, "--loglevel", "INFO"], name=name)
+
+    def run(self, command: list[str], *, name: str) -> subprocess.Popen[bytes]:
         log = self.logs / f"{name}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "--app",
-            "workers.main",
-            *args,
-            "--loglevel",
-            "INFO",
-        ]
         with log.open("wb") as out:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(
                 command,
@@ -179,7 +202,9 @@ class Processes:
         self.running.append((process, log))
         return process
 
-    def worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen[bytes]:
+    def worker(
+        self, name: str = "worker", concurrency: int = 2, prefix: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
         process = self.start(
             "worker",
             "--concurrency",
@@ -189,14 +214,28 @@ class Processes:
             "--hostname",
             f"{name}@%h",
             name=name,
+            prefix=prefix,
         )
         self.wait_log(name, "ready.", process)
         return process
 
-    def beat(self, name: str = "beat") -> subprocess.Popen[bytes]:
-        process = self.start("beat", "--schedule", str(self.logs / f"{name}.db"), name=name)
+    def beat(self, name: str = "beat", prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
+        schedule = str(self.logs / f"{name}.db")
+        process = self.start("beat", "--schedule", schedule, name=name, prefix=prefix)
         self.wait_log(name, "beat: Starting...", process)
         return process
+
+    def web(self, name: str = "web") -> str:
+        """The Procfile's web line (gunicorn) on a free port; returns its base URL."""
+        port = free_port()
+        command = [sys.executable, "-m", "gunicorn", "--config", "deploy/gunicorn.conf.py",
+                   "--bind", f"127.0.0.1:{port}", "app:create_app()"]  # fmt: skip
+        process = self.run(command, name=name)
+        url = f"http://127.0.0.1:{port}"
+        if not wait_until(lambda: _answers(url + "/healthz"), timeout=30):
+            raise AssertionError(f"{name} did not start:\n{self.log_text()}")
+        assert process.poll() is None
+        return url
 
     def wait_log(
         self, name: str, text: str, process: subprocess.Popen[bytes], timeout: float = 30
@@ -270,6 +309,14 @@ def web(live_settings: Settings, store: Store) -> Web:
     app = create_app(live_settings, store=store)
     _, key = store.create_project("itest", int(time.time()))
     return Web(app.test_client(), key, store)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def wait_until(check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
