@@ -179,7 +179,7 @@ def _stopped(attempt: Attempt, why: str) -> Outcome:
     sent = len(instance.delivered)
     error = f"The scheduled event was {why}"
     if sent:
-        error += f" after {sent} of its recipients had been sent to"
+        error += f" after {sent} {'copy' if sent == 1 else 'copies'} had been sent"
     return _end(attempt, InstanceStatus.CANCELLED, error=error + ".", result=instance.result)
 
 

@@ -451,6 +451,38 @@ def test_a_queued_record_whose_publish_never_came_is_published_after_a_grace(
     assert started(any_store, iid, T0 + 32)[0] == "start"
 
 
+def test_every_record_expires_with_the_retention_even_one_never_started(
+    any_store: Store,
+) -> None:
+    add(any_store, "every 1 mins")
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 30)
+    send_message(any_store, recorder, "p1", ARGS["arguments"], None)  # type: ignore[arg-type]
+
+    for iid in recorder.published:
+        assert 0 < any_store.redis.ttl(any_store.keys.instance(iid)) <= any_store.retention
+
+
+def test_republishing_a_lost_lease_never_unwatches_a_new_holder(any_store: Store) -> None:
+    add(any_store, "every 1 mins")
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 30)
+    [iid] = recorder.published
+    started(any_store, iid, T0 + 31, lease=5)
+
+    class StartsAtOnce(Recorder):
+        def publish(self, ids: list[str]) -> None:
+            super().publish(ids)
+            # The copy is taken by a worker before the beat has cleared its publish.
+            assert started(any_store, iid, T0 + 40, lease=5) == ("start", "2")
+
+    at(any_store, T0 + 40)
+    assert release_waiting(any_store, StartsAtOnce(), unconfirmed=30) == 1  # type: ignore[arg-type]
+
+    assert any_store.waiting(any_store.keys.running) == [(iid, (T0 + 45) * 1000)]
+    assert any_store.waiting(any_store.keys.pending) == []
+
+
 def test_message_uids_expire_with_the_retention(any_store: Store) -> None:
     recorder = Recorder()
     send_message(any_store, recorder, "p1", ARGS["arguments"], "m-1")  # type: ignore[arg-type]

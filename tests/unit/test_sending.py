@@ -1,0 +1,163 @@
+"""``run_instance`` over fakeredis with a scripted transport: every execution ends,
+a worker that lost its lease stops and writes nothing, a pause stops a send before its
+next recipient, and each copy keeps one Message-ID across attempts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import fakeredis
+import pytest
+
+from app.core.errors import TransientDeliveryError
+from app.core.events import Defaults, EventSpec, create_events, set_paused, trigger
+from app.core.keys import Keys
+from app.core.message import Envelope
+from app.core.records import Instance
+from app.core.settings import Settings
+from app.core.store import Store
+from workers.sending import run_instance
+from workers.transport import SendResult
+
+T0 = datetime(2026, 3, 2, 10, 0, 30, tzinfo=UTC).timestamp()
+RECIPIENTS = ["a@example.com", "b@example.com", "c@example.com"]
+
+
+@dataclass
+class Clock:
+    at: float = T0
+
+    def __call__(self) -> datetime:
+        return datetime.fromtimestamp(self.at, UTC)
+
+
+@dataclass
+class Transport:
+    """Accepts every copy, after running ``before`` (the test's interference) on it."""
+
+    before: Callable[[Envelope], None] = lambda envelope: None
+    sent: list[Envelope] = field(default_factory=list)
+
+    def send(self, envelope: Envelope) -> SendResult:
+        self.before(envelope)
+        self.sent.append(envelope)
+        return SendResult(str(envelope.message["Message-ID"]), envelope.rcpt_to, {})
+
+    def close(self) -> None:
+        pass
+
+
+class Publisher:
+    direct_queue = None
+
+    def publish(self, ids: list[str]) -> None:
+        pass
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store(fakeredis.FakeRedis(decode_responses=True), Keys("t"), clock=Clock())
+
+
+def queued(store: Store, **arguments: Any) -> Instance:
+    args = {
+        "recipients": RECIPIENTS,
+        "headers": {"from": "sender@example.com", "subject": "Hello"},
+        "content": {"text/plain": "hi"},
+        **arguments,
+    }
+    spec = EventSpec(schedule="@daily", metadata={"arguments": args}, uid="ev", retries=2)
+    [event] = create_events(store, "p1", [spec], Defaults()).events
+    return trigger(store, Publisher(), event)  # type: ignore[arg-type]
+
+
+def run(store: Store, transport: Transport, instance: Instance) -> str:
+    return run_instance(store, transport, Settings(), instance.id, lease=10).status
+
+
+def record(store: Store, instance: Instance) -> Instance:
+    found = store.instance(instance.id)
+    assert found is not None
+    return found
+
+
+def test_an_unexpected_exception_ends_the_execution_failed(store: Store) -> None:
+    instance = queued(store)
+
+    def explode(envelope: Envelope) -> None:
+        raise ValueError("Header values may not contain linefeed or carriage return characters")
+
+    assert run(store, Transport(explode), instance) == "failed"
+
+    ended = record(store, instance)
+    assert ended.status == "failed" and ended.attempts == 1
+    assert ended.error == (
+        "Internal error: ValueError: "
+        "Header values may not contain linefeed or carriage return characters"
+    )
+    assert not store.redis.zcard(store.keys.event_inflight(ended.event_id))
+    assert not store.redis.zcard(store.keys.running)
+
+
+def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(store: Store) -> None:
+    instance = queued(store)
+    transport = Transport()
+
+    def stall_then_lose(envelope: Envelope) -> None:
+        if len(transport.sent) == 1:  # stalled past its lease; another worker took over
+            store.clock.at += 60  # type: ignore[union-attr]
+            assert store.start(instance.id, lease=10, retries=2)[0].token == "2"
+
+    transport.before = stall_then_lose
+    assert run(store, transport, instance) == "lost"
+
+    # The copy in flight when it stalled went out; nothing after it, and no write.
+    assert [e.recipient for e in transport.sent] == RECIPIENTS[:2]
+    taken = record(store, instance)
+    assert (taken.status, taken.attempts, taken.delivered) == ("running", 2, RECIPIENTS[:1])
+
+
+def test_the_next_attempt_sends_only_what_is_left_under_the_same_message_ids(
+    store: Store,
+) -> None:
+    instance = queued(store)
+    first = Transport()
+
+    def fail_on_third(envelope: Envelope) -> None:
+        if envelope.recipient == RECIPIENTS[2]:
+            raise TransientDeliveryError("SMTP: 451 try later")
+
+    first.before = fail_on_third
+    assert run(store, first, instance) == "retrying"
+    store.clock.at += 600  # type: ignore[union-attr]
+    second = Transport()
+    assert run(store, second, instance) == "succeeded"
+
+    assert [e.recipient for e in second.sent] == RECIPIENTS[2:]
+    ended = record(store, instance)
+    assert ended.result is not None and ended.result["accepted"] == RECIPIENTS
+    ids = [str(e.message["Message-ID"]) for e in first.sent + second.sent]
+    assert ids == [f"<{instance.id}.{n}@sendbeat.local>" for n in range(3)]
+
+
+def test_a_pause_stops_a_send_before_its_next_recipient(store: Store) -> None:
+    instance = queued(store)
+    transport = Transport()
+
+    def pause_after_first(envelope: Envelope) -> None:
+        if not transport.sent:
+            event = store.event_by_id("p1", instance.event_id)
+            assert event is not None
+            set_paused(store, event, True)
+
+    transport.before = pause_after_first
+    assert run(store, transport, instance) == "cancelled"
+
+    assert [e.recipient for e in transport.sent] == RECIPIENTS[:1]
+    ended = record(store, instance)
+    assert ended.status == "cancelled"
+    assert ended.error == "The scheduled event was paused after 1 copy had been sent."
+    assert ended.result is not None and ended.result["accepted"] == RECIPIENTS[:1]
