@@ -349,6 +349,19 @@ def test_pausing_stops_an_execution_being_sent(any_store: Store) -> None:
     assert instance is not None and instance.status == "running"
 
 
+def test_a_paused_event_can_still_be_triggered_by_hand(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 mins")
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None
+    set_paused(any_store, event, True)
+    recorder = Recorder()
+
+    instance = trigger(any_store, recorder, event)  # type: ignore[arg-type]
+
+    assert started(any_store, instance.id, T0 + 1)[0] == "start"
+    assert any_store.hold(instance.id, "1", lease=300) == (Held.HELD, "")
+
+
 def test_an_edit_racing_a_delete_never_brings_the_event_back(any_store: Store) -> None:
     event_id = add(any_store, "every 1 mins")
     event = any_store.event_by_id("p1", event_id)
