@@ -37,19 +37,6 @@ class InstanceStatus(StrEnum):
     SKIPPED = "skipped"
 
 
-# An execution in one of these may still send: it holds its event's overlap slot.
-LIVE = frozenset({InstanceStatus.QUEUED, InstanceStatus.RUNNING, InstanceStatus.RETRYING})
-FINISHED = frozenset(
-    {
-        InstanceStatus.SUCCEEDED,
-        InstanceStatus.FAILED,
-        InstanceStatus.CANCELLED,
-        InstanceStatus.MISSED,
-        InstanceStatus.SKIPPED,
-    }
-)
-
-
 @dataclass(frozen=True)
 class Project:
     id: str
@@ -248,21 +235,6 @@ class Instance:
             "scheduled_for": _iso(self.scheduled_for),
             "completed_at": _iso(self.completed_at),
         }
-
-    def to_hash(self) -> dict[str, str | int]:
-        fields: dict[str, str | int] = {
-            "project_id": self.project_id,
-            "event_id": self.event_id,
-            "event_uid": self.event_uid,
-            "trigger": self.trigger,
-            "status": self.status,
-            "scheduled_for": self.scheduled_for,
-            "enqueued_at": self.enqueued_at,
-            "attempts": self.attempts,
-        }
-        if self.payload is not None:
-            fields["payload"] = json.dumps(self.payload, separators=(",", ":"))
-        return fields
 
     @classmethod
     def from_hash(cls, instance_id: str, raw: dict[str, str]) -> Instance:
