@@ -22,6 +22,7 @@ from typing import Any
 from redis import Redis
 
 from app.core.keys import Keys
+from app.core.records import InstanceStatus
 
 
 @cache
@@ -69,24 +70,17 @@ class Claim:
 
 
 class Started(StrEnum):
-    """What start.lua made of a task: ``START`` means the caller sends it."""
+    """What start.lua made of a task besides a record's status (another worker holds it:
+    ``running``; it ended: ``succeeded``, ``failed``, ``cancelled`` ...)."""
 
-    START = "start"
+    START = "start"  # the caller sends it
     WAITING = "waiting"  # an early copy of a retry
     GONE = "gone"  # the record expired or was never written
-    RUNNING = "running"  # another worker holds it
-    QUEUED = "queued"
-    RETRYING = "retrying"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    MISSED = "missed"
-    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
 class Start:
-    status: Started
+    status: Started | InstanceStatus
     token: str = ""  # the attempt number, which fences every later write
     now_ms: int = 0
     record: dict[str, str] | None = None
@@ -202,7 +196,8 @@ class Scripts:
         if event_id:
             keys += [self._keys.event(event_id), self._keys.event_inflight(event_id)]
         reply = self._call("start", keys, [lease_ms, instance_id, retention, retries])
-        status = Started(_text(reply[0]))
+        text = _text(reply[0])
+        status = Started(text) if text in Started.__members__.values() else InstanceStatus(text)
         if status is not Started.START:
             return Start(status)
         flat = [_text(v) for v in reply[3:]]
