@@ -20,6 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from app.core import logs
 from app.core.errors import InvalidMessage, PermanentDeliveryError, TransientDeliveryError
 from app.core.message import render
@@ -34,6 +38,12 @@ from workers.transport import SendResult, Transport
 log = logging.getLogger("sendbeat.worker")
 
 ERROR_CHARS = 500  # an error stored in a record is for reading, not a dump
+# A copy is begun at most this long after a hold said the lease is ours and the event
+# still wants it; a worker stalled (SIGSTOP, swapped out) for longer holds again first.
+FRESH = 0.25
+# How long a worker waits for Redis to answer before it gives a task back to the broker.
+START_PATIENCE = 30.0
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 
 
 @dataclass(frozen=True)
@@ -65,22 +75,42 @@ class Attempt:
     token: str
     lease: float
     started: float = field(default_factory=time.monotonic)
+    held_at: float = field(default_factory=time.monotonic)  # the last hold Redis confirmed
     lost: str = ""  # why this attempt must stop ("lost", "paused", "deleted")
     _done: threading.Event = field(default_factory=threading.Event)
 
-    def hold(self, delivered: list[str] | None = None, result: Any = None) -> None:
+    def hold(
+        self, delivered: list[str] | None = None, result: Any = None, *, patient: bool = True
+    ) -> None:
         """Renew the lease (recording the progress, when given); raise Stopped when the
         attempt lost the record or its event was paused or deleted."""
         if not self.lost:
-            held, why = self.store.hold(
-                self.instance.id, self.token, lease=self.lease, delivered=delivered, result=result
-            )
-            if held is Held.LOST:
+            asked = time.monotonic()
+
+            def renew() -> tuple[Held, str]:
+                return self.store.hold(
+                    self.instance.id, self.token, lease=self.lease, delivered=delivered,
+                    result=result,
+                )  # fmt: skip
+
+            held, why = self.patiently(renew) if patient else renew()
+            if held is Held.HELD:
+                self.held_at = max(self.held_at, asked)
+            elif held is Held.LOST:
                 self.lost = "lost"
-            elif held is Held.STOP:
+            else:
                 self.lost = why
         if self.lost:
             raise Stopped(self.lost)
+
+    def fresh(self) -> bool:
+        return time.monotonic() - self.held_at < FRESH
+
+    def patiently(self, write: Any) -> Any:
+        """Make ``write`` while Redis is unreachable for a moment (a restart, a failover),
+        for as long as the lease may still be ours: a copy the SMTP server accepted must
+        be recorded, or the next attempt would send it again."""
+        return patiently(write, until=self.held_at + self.lease)
 
     @contextmanager
     def kept(self) -> Iterator[None]:
@@ -95,7 +125,7 @@ class Attempt:
     def _heartbeat(self) -> None:
         while not self._done.wait(self.lease / 3):
             try:
-                self.hold()
+                self.hold(patient=False)  # it must not keep the send waiting at its end
             except Stopped:
                 return
             except Exception as exc:  # Redis away: the sender's own holds will tell
@@ -105,20 +135,46 @@ class Attempt:
         return time.monotonic() - self.started
 
 
+def patiently(call: Any, *, until: float) -> Any:
+    """``call()``, called again with a growing pause while Redis is unreachable, until the
+    monotonic time ``until``; then the last error is raised."""
+    pause = 0.1
+    while True:
+        try:
+            return call()
+        except UNREACHABLE:
+            if time.monotonic() + pause > until:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
 def run_instance(
     store: Store, transport: Transport, settings: Settings, instance_id: str, *, lease: float
 ) -> Outcome:
-    start, instance = store.start(instance_id, lease=lease, retries=settings.default_retries)
+    """Start, send and record one execution. Raises RedisError only when Redis stayed
+    unreachable: then nothing could be recorded, and the caller gives the task back."""
+    asked = time.monotonic()
+    start, instance = patiently(
+        lambda: store.start(instance_id, lease=lease, retries=settings.default_retries),
+        until=asked + START_PATIENCE,
+    )
     if start.status is not Started.START or instance is None:
         log.info("execution %s not started: it is %s", instance_id, start.status)
         return Outcome(start.status)
     logs.bind(event_id=instance.event_id)
-    attempt = Attempt(store, instance, start.token, lease)
+    attempt = Attempt(store, instance, start.token, lease, held_at=asked)
     with attempt.kept():
         try:
             return _run(attempt, transport, settings)
         except Stopped as stop:
             return _stopped(attempt, stop.why)
+        except RedisError:
+            # Nothing can be recorded; the lease runs out and another attempt takes over.
+            log.exception(
+                "execution %s: Redis is unreachable; leaving it to the lease", instance_id
+            )
+            raise
         except Exception as exc:
             # Whatever it is, the execution ends here, and readably: nothing stays running
             # for beat to hand to the next worker, which would fail the same way.
@@ -136,9 +192,12 @@ def _run(attempt: Attempt, transport: Transport, settings: Settings) -> Outcome:
         result = _deliver(attempt, transport, settings, arguments)
     except TransientDeliveryError as exc:
         if int(attempt.token) <= retries:
-            delay = backoff(int(attempt.token))
-            if store.retry(instance.id, attempt.token, delay=delay, error=exc.message,
-                           took=attempt.took()):  # fmt: skip
+            delay, error = backoff(int(attempt.token)), exc.message
+            if attempt.patiently(
+                lambda: store.retry(
+                    instance.id, attempt.token, delay=delay, error=error, took=attempt.took()
+                )
+            ):
                 return Outcome(InstanceStatus.RETRYING)
             return Outcome("lost")
         return _end(attempt, InstanceStatus.FAILED, error=exc.message)
@@ -155,13 +214,11 @@ def _end(
     result: dict[str, Any] | None = None,
 ) -> Outcome:
     sent = status is not InstanceStatus.CANCELLED or attempt.instance.delivered
-    done = attempt.store.finish(
-        attempt.instance,
-        attempt.token,
-        status,
-        error=error,
-        result=result,
-        took=attempt.took() if sent else None,
+    took = attempt.took() if sent else None
+    done = attempt.patiently(
+        lambda: attempt.store.finish(
+            attempt.instance, attempt.token, status, error=error, result=result, took=took
+        )
     )
     if not done:
         log.warning(
@@ -210,6 +267,8 @@ def _deliver(
         # Before each copy: the lease is still ours and the event still wants it sent;
         # the progress so far is recorded at the same time.
         attempt.hold(instance.delivered, instance.result)
+        if not attempt.fresh():  # this process stalled since: the lease may be gone
+            attempt.hold()
         # Lets a reader (and the tests) tie each email to its execution record.
         envelope.message["X-Sendbeat-Instance"] = instance.id
         instance.result = _merge(instance.result, transport.send(envelope))

@@ -268,6 +268,7 @@ def _changed(event: Event, changes: EventChanges, now: datetime) -> Edit:
             event.event_type = schedule.event_type
             event.scheduled_at = next_run(schedule, now)
             event.run_at = event.scheduled_at if event.event_type == "one_time" else None
+            event.resume_at = None  # a paused event with a new schedule resumes from it
         except InvalidSchedule as exc:
             field_name = "timezone" if "timezone" in exc.message.lower() else "schedule"
             errors.append(f"{field_name}: {exc.message}")
@@ -283,27 +284,32 @@ def _changed(event: Event, changes: EventChanges, now: datetime) -> Edit:
         value = getattr(changes, name)
         if value is not None:
             setattr(event, name, value)
-    reschedule, cancel = schedule_changed, None
+    reschedule, park, cancel = schedule_changed, False, None
     if schedule_changed and event.status == "completed":
         event.status = "activated"  # a finished one-time event given a new date runs again
-    if changes.status == "suspend" and event.status != "suspend":
+    # Pausing or resuming a completed event changes nothing: its one run is over.
+    if changes.status == "suspend" and event.status == "activated":
         event.status, event.suspended_at = "suspend", stamp
-        reschedule, cancel = True, "paused"
+        # Keep where the schedule stood, unless this very change gives it a new one.
+        park, cancel = not schedule_changed, "paused"
     elif changes.status == "active" and event.status == "suspend":
         resume(event, now)
         reschedule = True
     event.updated_at = stamp
-    return Edit(event, reschedule=reschedule, cancel=cancel)
+    return Edit(event, reschedule=reschedule and not park, park=park, cancel=cancel)
 
 
 def resume(event: Event, now: datetime) -> None:
-    """Make the event due again from where it was paused. Beat then applies the
-    misfire policy: runs lost while paused are recorded ``missed``, and the latest
-    is sent late only when it is within the catch-up window."""
+    """Make the event due again from where it was paused: its first occurrence not yet
+    claimed when the pause landed (kept by park.lua). Beat then applies the misfire
+    policy: runs lost while paused are recorded ``missed``, and the latest is sent late
+    only when it is within the catch-up window."""
     if event.event_type == "one_time":
         event.scheduled_at = event.run_at
+    elif event.resume_at is not None:
+        event.scheduled_at = event.resume_at
     else:
         schedule = parse_schedule(event.schedule, event.timezone, now=now)
         paused = from_timestamp(event.suspended_at or epoch(now))
         event.scheduled_at = next_run(schedule, paused)
-    event.status, event.suspended_at = "activated", None
+    event.status, event.suspended_at, event.resume_at = "activated", None, None

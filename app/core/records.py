@@ -69,6 +69,7 @@ class Event:
     last_run: dict[str, Any] | None = None
     suspended_at: int | None = None
     run_at: int | None = None  # a one-time event's run, kept while it is suspended
+    resume_at: int | None = None  # where a paused schedule stood: resume starts there
     scheduled_at: int | None = None  # read from the due index, never stored in the hash
 
     def record(self) -> dict[str, Any]:
@@ -122,6 +123,8 @@ class Event:
             fields["suspended_at"] = self.suspended_at
         if self.run_at is not None:
             fields["run_at"] = self.run_at
+        if self.resume_at is not None:
+            fields["resume_at"] = self.resume_at
         for name, default in FIXED_DEFAULTS.items():
             if fields[name] == default:
                 del fields[name]
@@ -132,7 +135,7 @@ class Event:
     @staticmethod
     def cleared() -> tuple[str, ...]:
         """Fields ``to_hash`` leaves out when unset, to delete on rewrite."""
-        return ("suspended_at", "run_at", "updated_at", *FIXED_DEFAULTS)
+        return ("suspended_at", "run_at", "resume_at", "updated_at", *FIXED_DEFAULTS)
 
     @classmethod
     def from_hash(
@@ -161,6 +164,7 @@ class Event:
             last_run=last_run,
             suspended_at=int(raw["suspended_at"]) if raw.get("suspended_at") else None,
             run_at=int(raw["run_at"]) if raw.get("run_at") else None,
+            resume_at=int(float(raw["resume_at"])) if raw.get("resume_at") else None,
             scheduled_at=None if scheduled_at is None else int(scheduled_at),
         )
 

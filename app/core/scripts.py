@@ -107,7 +107,7 @@ class Scripts:
         self._now = now_ms
         load = redis.register_script
         names = ("due", "fields", "claim", "release", "enqueue", "start", "hold", "retry",
-                 "finish", "cancel")  # fmt: skip
+                 "finish", "cancel", "park")  # fmt: skip
         self._scripts = {name: load(_source(name)) for name in names}
 
     def _call(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
@@ -252,3 +252,9 @@ class Scripts:
         keys = [self._keys.pending, self._keys.retry, self._keys.event_inflight(event_id),
                 self._keys.metrics_executions, *map(self._keys.instance, instance_ids)]  # fmt: skip
         self._call("cancel", keys, [why, *instance_ids], client=client)
+
+    def park(self, event_id: str, *, client: Any) -> None:
+        """Queue, on ``client`` (the MULTI of a pause), taking the event out of the due
+        index while keeping its due time as ``resume_at``."""
+        keys = [self._keys.due, self._keys.event(event_id)]
+        self._scripts["park"](keys=keys, args=[event_id], client=client)

@@ -52,6 +52,7 @@ class Edit:
 
     event: Event  # the event as it must be stored
     reschedule: bool = False  # its place in the due index changes too
+    park: bool = False  # it is paused: out of the due index, its due time kept
     delete: bool = False
     cancel: str | None = None  # "paused" | "deleted": stop its in-flight executions
 
@@ -238,6 +239,9 @@ class Store:
             self.scripts.cancel(event.id, inflight, edit.cancel, client=pipe)
         if edit.delete:
             self._delete(pipe, event)
+        elif edit.park:
+            self._put_event(pipe, event)
+            self.scripts.park(event.id, client=pipe)
         elif edit.reschedule:
             self._write_event(pipe, event)
         else:

@@ -170,8 +170,10 @@ def process_env(settings: Settings) -> dict[str, str]:
 
 def skewed(seconds: int) -> list[str]:
     """A command prefix that runs a process with its clock shifted by ``seconds``
-    (libfaketime; monotonic clocks stay real, as a machine's would)."""
-    return ["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", f"{seconds:+d}s"]
+    (libfaketime; monotonic clocks stay real, as a machine's would; tests/faketime works
+    around libfaketime's sleep)."""
+    shim = f"PYTHONPATH={ROOT / 'tests' / 'faketime'}"
+    return ["env", shim, "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", f"{seconds:+d}s"]
 
 
 class Processes:

@@ -11,6 +11,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.core.errors import TransientDeliveryError
 from app.core.events import Defaults, EventSpec, create_events, set_paused, trigger
@@ -141,6 +142,29 @@ def test_the_next_attempt_sends_only_what_is_left_under_the_same_message_ids(
     assert ended.result is not None and ended.result["accepted"] == RECIPIENTS
     ids = [str(e.message["Message-ID"]) for e in first.sent + second.sent]
     assert ids == [f"<{instance.id}.{n}@sendbeat.local>" for n in range(3)]
+
+
+def test_a_copy_accepted_while_redis_is_away_is_recorded_when_it_returns(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = queued(store)
+    transport = Transport()
+    real_hold = store.scripts.hold
+    away = iter([True, True, False])  # Redis is unreachable twice after the first copy
+
+    def hold(*args: Any, **kwargs: Any) -> Any:
+        if transport.sent and next(away, False):
+            raise RedisConnectionError("Connection refused")
+        return real_hold(*args, **kwargs)
+
+    monkeypatch.setattr(store.scripts, "hold", hold)
+
+    assert run(store, transport, instance) == "succeeded"
+
+    # The worker waited for Redis instead of failing: every copy once, all recorded.
+    assert [e.recipient for e in transport.sent] == RECIPIENTS
+    ended = record(store, instance)
+    assert (ended.status, ended.attempts, ended.error) == ("succeeded", 1, None)
 
 
 def test_a_pause_stops_a_send_before_its_next_recipient(store: Store) -> None:

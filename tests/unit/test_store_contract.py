@@ -349,6 +349,43 @@ def test_pausing_stops_an_execution_being_sent(any_store: Store) -> None:
     assert instance is not None and instance.status == "running"
 
 
+def test_pausing_and_resuming_a_completed_event_changes_nothing(any_store: Store) -> None:
+    event_id = add(any_store, "in 5 minutes")
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 300)
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None and event.status == "completed"
+
+    set_paused(any_store, event, True)
+    resumed = set_paused(any_store, event, False)
+
+    assert (resumed.status, resumed.scheduled_at) == ("completed", None)
+    dispatch(any_store, recorder, T0 + 400)
+    assert len(recorder.published) == 1  # its one run, not a second
+    assert any_store.list_instances(event_id, 0, 10)[1] == 1
+
+
+def test_an_occurrence_due_but_unclaimed_when_paused_is_recorded_on_resume(
+    any_store: Store,
+) -> None:
+    event_id = add(any_store, "every 1 mins")  # first run at T0 + 30
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None
+    # Beat has not claimed T0 + 30 yet (it was down, or had not ticked) when the pause lands.
+    at(any_store, T0 + 31)
+    set_paused(any_store, event, True)
+    at(any_store, T0 + 200)
+    resumed = set_paused(any_store, event, False)
+    assert resumed.scheduled_at == T0 + 30
+
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 201)
+
+    instances, _ = any_store.list_instances(event_id, 0, 10)
+    by_time = {i.scheduled_for: i.status for i in instances}
+    assert by_time == {T0 + 30: "missed", T0 + 90: "missed", T0 + 150: "queued"}
+
+
 def test_a_paused_event_can_still_be_triggered_by_hand(any_store: Store) -> None:
     event_id = add(any_store, "every 1 mins")
     event = any_store.event_by_id("p1", event_id)
