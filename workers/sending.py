@@ -79,9 +79,7 @@ class Attempt:
     lost: str = ""  # why this attempt must stop ("lost", "paused", "deleted")
     _done: threading.Event = field(default_factory=threading.Event)
 
-    def hold(
-        self, delivered: list[str] | None = None, result: Any = None, *, patient: bool = True
-    ) -> None:
+    def hold(self, delivered: list[str] | None = None, result: Any = None) -> None:
         """Renew the lease (recording the progress, when given); raise Stopped when the
         attempt lost the record or its event was paused or deleted."""
         if not self.lost:
@@ -93,13 +91,10 @@ class Attempt:
                     result=result,
                 )  # fmt: skip
 
-            held, why = self.patiently(renew) if patient else renew()
-            if held is Held.HELD:
+            held, why = self.patiently(renew)
+            if held is not Held.LOST:  # stop renews the lease too: the ending is ours
                 self.held_at = max(self.held_at, asked)
-            elif held is Held.LOST:
-                self.lost = "lost"
-            else:
-                self.lost = why
+            self.lost = "lost" if held is Held.LOST else why
         if self.lost:
             raise Stopped(self.lost)
 
@@ -123,13 +118,18 @@ class Attempt:
             beat.join()
 
     def _heartbeat(self) -> None:
+        """Renew the lease until the send ends: after a pause or delete too, since the
+        sender still has to finish its copy and record what it sent."""
         while not self._done.wait(self.lease / 3):
+            asked = time.monotonic()
             try:
-                self.hold(patient=False)  # it must not keep the send waiting at its end
-            except Stopped:
-                return
+                held, _ = self.store.hold(self.instance.id, self.token, lease=self.lease)
             except Exception as exc:  # Redis away: the sender's own holds will tell
                 log.warning("could not renew the lease of %s: %s", self.instance.id, reason(exc))
+                continue
+            if held is Held.LOST:
+                return
+            self.held_at = max(self.held_at, asked)
 
     def took(self) -> float:
         return time.monotonic() - self.started

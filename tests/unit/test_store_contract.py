@@ -344,9 +344,13 @@ def test_pausing_stops_an_execution_being_sent(any_store: Store) -> None:
 
     set_paused(any_store, event, True)
 
+    at(any_store, T0 + 200)
     assert any_store.hold(iid, "1", lease=300) == (Held.STOP, "paused")
     instance = any_store.instance(iid)
     assert instance is not None and instance.status == "running"
+    # The lease is renewed all the same: the worker ends the execution itself, after the
+    # copy it is finishing, and nobody takes it over meanwhile.
+    assert any_store.waiting(any_store.keys.running) == [(iid, (T0 + 500) * 1000)]
 
 
 def test_pausing_and_resuming_a_completed_event_changes_nothing(any_store: Store) -> None:

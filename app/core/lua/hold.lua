@@ -14,20 +14,22 @@
 -- ARGV[5]  recipients accepted so far (JSON list), or "" to leave them
 -- ARGV[6]  the result so far (JSON), or ""
 -- Returns  {"held"}; {"lost"} when another attempt took over or the record ended;
---          {"stop", why} when its event was paused or deleted meanwhile
+--          {"stop", why} when its event was paused or deleted meanwhile: the lease is
+--          renewed all the same, since the worker is still finishing a copy it began and
+--          will record what it sent (nobody else can know)
 
 local now = clock(ARGV[1])
 if not holds(KEYS[1], ARGV[3]) then
   return {'lost'}
 end
 local stop = redis.call('HGET', KEYS[1], 'stop')
-if stop then
-  return {'stop', stop}
-end
 local lease_until = now + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'lease_until', lease_until)
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'delivered', ARGV[5], 'result', ARGV[6])
 end
 redis.call('ZADD', KEYS[2], lease_until, ARGV[4])
+if stop then
+  return {'stop', stop}
+end
 return {'held'}
