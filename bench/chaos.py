@@ -45,8 +45,8 @@ Where a moment is uncertain the checks give way instead of guessing: an occurren
 an occurrence while its event is paused may have one record or none; a trigger or
 ``send_message`` that got no answer or a 5xx may have left a record or not. An email that
 ends after a pause or delete answered is allowed when its SMTP transaction began before the
-answer, or at most ``FRESH`` after it (a worker checks the event at most that long before it
-begins a copy; ``workers.sending.FRESH``).
+answer, or at most ``IN_FLIGHT`` after it (the worker's check of the event comes a NOOP round
+trip before its MAIL FROM).
 
     .venv/bin/python bench/chaos.py                      # short: 2 min of chaos, ~2.5 in all
     .venv/bin/python bench/chaos.py --seed 7 --minutes 30 --keep /tmp/chaos   # long
@@ -88,7 +88,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.core.keys import Keys  # noqa: E402
-from workers.sending import FRESH  # noqa: E402
 
 HOST = "127.0.0.1"
 PREFIX = "chaos"  # SENDBEAT_KEY_PREFIX and SENDBEAT_QUEUE
@@ -101,6 +100,9 @@ CALL_TIMEOUT = 10.0
 SURE_WITHIN = 60.0  # a call that changes an event is repeated this long for a definite answer
 QUIET = 3.0  # seconds without an SMTP transaction before the run counts as settled
 WRITE_WINDOW = 1.0  # seconds after a 250 in which a sender records it (the SMTP window)
+# A copy whose SMTP transaction began this soon after a pause or delete answered was
+# checked before it: the worker's check and its MAIL FROM are a NOOP round trip apart.
+IN_FLIGHT = 0.25
 CELERY = (sys.executable, "-m", "celery", "--app", "workers.main")
 SCRUBBED_PREFIXES = ("SENDBEAT_", "MAIL_", "FAKETIME")
 SCRUBBED = frozenset({"BROKER_URL", "REDIS_URL", "PORT", "WEB_CONCURRENCY", "LD_PRELOAD"})
@@ -1239,7 +1241,7 @@ CHECKS = (
         "sent after pause/delete",
         True,
         "an email whose SMTP transaction began after the pause or delete answered "
-        "(more than workers.sending.FRESH later)",
+        "(more than IN_FLIGHT later)",
     ),
     Check(
         "finished after pause/delete",
@@ -1438,13 +1440,13 @@ def after_quiet(
     evidence: Evidence, record: Record, recipient: str, copy: Transaction
 ) -> Iterator[Finding]:
     """A pause or delete stops an execution before its next copy: a copy may finish after
-    the answer only when its transaction began before it, or at most FRESH later (the
+    the answer only when its transaction began before it, or at most IN_FLIGHT later (the
     worker checked the event just before it began)."""
     event = evidence.tracked.get(record.event_id)
     for since, until in event.quiet if event else ():
         if since < copy.data_start < until:
             check = "sent after pause/delete"
-            if copy.began <= since + FRESH:
+            if copy.began <= since + IN_FLIGHT:
                 check = "finished after pause/delete"
             text = f"{event.plan.uid} to {recipient}: MAIL at {clock(copy.began)}, "
             text += f"DATA at {clock(copy.data_start)}, after the pause or delete answered "

@@ -38,9 +38,6 @@ from workers.transport import SendResult, Transport
 log = logging.getLogger("sendbeat.worker")
 
 ERROR_CHARS = 500  # an error stored in a record is for reading, not a dump
-# A copy is begun at most this long after a hold said the lease is ours and the event
-# still wants it; a worker stalled (SIGSTOP, swapped out) for longer holds again first.
-FRESH = 0.25
 # How long a worker waits for Redis to answer before it gives a task back to the broker.
 START_PATIENCE = 30.0
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
@@ -97,9 +94,6 @@ class Attempt:
             self.lost = "lost" if held is Held.LOST else why
         if self.lost:
             raise Stopped(self.lost)
-
-    def fresh(self) -> bool:
-        return time.monotonic() - self.held_at < FRESH
 
     def patiently(self, write: Any) -> Any:
         """Make ``write`` while Redis is unreachable for a moment (a restart, a failover),
@@ -184,7 +178,7 @@ def run_instance(
 
 def _run(attempt: Attempt, transport: Transport, settings: Settings) -> Outcome:
     store, instance = attempt.store, attempt.instance
-    found = _arguments(store, instance, settings)
+    found = attempt.patiently(lambda: _arguments(store, instance, settings))
     if found is None:
         return _end(attempt, InstanceStatus.CANCELLED, error="The scheduled event was deleted.")
     arguments, retries = found
@@ -267,8 +261,6 @@ def _deliver(
         # Before each copy: the lease is still ours and the event still wants it sent;
         # the progress so far is recorded at the same time.
         attempt.hold(instance.delivered, instance.result)
-        if not attempt.fresh():  # this process stalled since: the lease may be gone
-            attempt.hold()
         # Lets a reader (and the tests) tie each email to its execution record.
         envelope.message["X-Sendbeat-Instance"] = instance.id
         instance.result = _merge(instance.result, transport.send(envelope))
