@@ -9,6 +9,7 @@ never undo one another.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -245,7 +246,7 @@ def delete_event(store: Store, event: Event) -> None:
     _edit(store, event, lambda current: Edit(current, delete=True, cancel="deleted"))
 
 
-def _edit(store: Store, event: Event, decide: Any) -> Event:
+def _edit(store: Store, event: Event, decide: Callable[[Event], Edit]) -> Event:
     edit = store.edit_event(event.project_id, event.id, decide)
     if edit is None:
         raise EventGone()
