@@ -60,7 +60,6 @@ import asyncio
 import contextlib
 import email
 import itertools
-import json
 import math
 import os
 import random
@@ -88,6 +87,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.core.keys import Keys  # noqa: E402
+from app.core.records import Instance  # noqa: E402
 
 HOST = "127.0.0.1"
 PREFIX = "chaos"  # SENDBEAT_KEY_PREFIX and SENDBEAT_QUEUE
@@ -1129,17 +1129,18 @@ class Record:
 
     @classmethod
     def from_hash(cls, execution: str, raw: dict[str, str]) -> Record:
-        result = json.loads(raw.get("result") or "{}") or {}
-        delivered = json.loads(raw.get("delivered") or "[]") + result.get("accepted", [])
+        """Read as sendbeat reads it (copies noted late by a stale attempt included)."""
+        record = Instance.from_hash(execution, raw)
+        delivered = record.delivered + (record.result or {}).get("accepted", [])
         return cls(
             id=execution,
-            event_id=raw.get("event_id", ""),
-            trigger=raw.get("trigger", ""),
-            status=raw.get("status", ""),
-            scheduled_for=int(float(raw.get("scheduled_for") or 0)),
-            started_at=float(raw["started_at"]) if raw.get("started_at") else None,
-            attempts=int(raw.get("attempts") or 0),
-            error=raw.get("error", ""),
+            event_id=record.event_id,
+            trigger=record.trigger,
+            status=record.status,
+            scheduled_for=record.scheduled_for,
+            started_at=record.started_at,
+            attempts=record.attempts,
+            error=record.error or "",
             delivered=tuple(sorted({address.lower() for address in delivered})),
         )
 
@@ -1397,10 +1398,12 @@ def check_emails(evidence: Evidence) -> Iterator[Finding]:
 
 def interrupted(evidence: Evidence, first: Transaction, repeat: Transaction) -> bool:
     """Whether the first copy's client could not have read its 250 before the repeat began:
-    it was stopped or killed within WRITE_WINDOW after the 250, and had not spoken again."""
+    it was stopped or killed while its transaction was under way or within WRITE_WINDOW
+    after the 250, and had not spoken again. (A client killed just as its message reached
+    the server left it accepted: the server never hears that nobody read its 250.)"""
     if first.acknowledged <= repeat.data_start:
         return False
-    window = (first.data_end, first.data_end + WRITE_WINDOW)
+    window = (first.began - WRITE_WINDOW, first.data_end + WRITE_WINDOW)
     stopped = any(
         group == first.client and start <= window[1] and end >= window[0]
         for group, start, end in evidence.chaos.stops

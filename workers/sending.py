@@ -74,6 +74,8 @@ class Attempt:
     started: float = field(default_factory=time.monotonic)
     held_at: float = field(default_factory=time.monotonic)  # the last hold Redis confirmed
     lost: str = ""  # why this attempt must stop ("lost", "paused", "deleted")
+    sent: list[SendResult] = field(default_factory=list)  # copies this attempt got accepted
+    sent_to: list[str] = field(default_factory=list)  # their recipients
     _done: threading.Event = field(default_factory=threading.Event)
 
     def hold(self, delivered: list[str] | None = None, result: Any = None) -> None:
@@ -193,7 +195,7 @@ def _run(attempt: Attempt, transport: Transport, settings: Settings) -> Outcome:
                 )
             ):
                 return Outcome(InstanceStatus.RETRYING)
-            return Outcome("lost")
+            return _lost(attempt)
         return _end(attempt, InstanceStatus.FAILED, error=exc.message)
     except (PermanentDeliveryError, InvalidMessage) as exc:
         return _end(attempt, InstanceStatus.FAILED, error=exc.message)
@@ -218,20 +220,32 @@ def _end(
         log.warning(
             "execution %s: another attempt took it over; not recording", attempt.instance.id
         )
-        return Outcome("lost")
+        return _lost(attempt)
     return Outcome(status)
 
 
 def _stopped(attempt: Attempt, why: str) -> Outcome:
     if why == "lost":
         log.warning("execution %s: lease lost to another attempt; stopped", attempt.instance.id)
-        return Outcome("lost")
+        return _lost(attempt)
     instance = attempt.instance
     sent = len(instance.delivered)
     error = f"The scheduled event was {why}"
     if sent:
         error += f" after {sent} {'copy' if sent == 1 else 'copies'} had been sent"
     return _end(attempt, InstanceStatus.CANCELLED, error=error + ".", result=instance.result)
+
+
+def _lost(attempt: Attempt) -> Outcome:
+    """Another attempt holds the record now. The copies this one got accepted (a stall
+    mid-transaction) are still noted, so the record never leaves out one that arrived."""
+    if attempt.sent:
+        accepted = [address for sent in attempt.sent for address in sent.accepted]
+        try:
+            attempt.store.note_late(attempt.instance.id, attempt.token, attempt.sent_to, accepted)
+        except RedisError as exc:
+            log.warning("execution %s: could not note late copies: %s", attempt.instance.id, exc)
+    return Outcome("lost")
 
 
 def _describe(exc: BaseException) -> str:
@@ -263,7 +277,10 @@ def _deliver(
         attempt.hold(instance.delivered, instance.result)
         # Lets a reader (and the tests) tie each email to its execution record.
         envelope.message["X-Sendbeat-Instance"] = instance.id
-        instance.result = _merge(instance.result, transport.send(envelope))
+        sent = transport.send(envelope)
+        attempt.sent.append(sent)
+        attempt.sent_to.append(envelope.recipient)
+        instance.result = _merge(instance.result, sent)
         instance.delivered.append(envelope.recipient)
     return instance.result or _merge(None, None)
 

@@ -245,7 +245,7 @@ class Instance:
         def opt_int(name: str) -> int | None:
             return int(float(raw[name])) if raw.get(name) else None
 
-        return cls(
+        instance = cls(
             id=instance_id,
             project_id=raw.get("project_id", ""),
             event_id=raw.get("event_id", ""),
@@ -262,6 +262,19 @@ class Instance:
             payload=json.loads(raw["payload"]) if raw.get("payload") else None,
             delivered=json.loads(raw["delivered"]) if raw.get("delivered") else [],
         )
+        for name, value in raw.items():
+            if name.startswith("late."):
+                instance.add_late(json.loads(value))
+        return instance
+
+    def add_late(self, late: dict[str, list[str]]) -> None:
+        """Copies a stale attempt got accepted (late.lua: its ``delivered`` recipients and
+        the ``accepted`` addresses): they arrived, whatever the holder of the record knows."""
+        self.delivered += [r for r in late["delivered"] if r not in self.delivered]
+        result = self.result or {"message_id": None, "accepted": [], "rejected": {}}
+        accepted = result.get("accepted", [])
+        result["accepted"] = accepted + [a for a in late["accepted"] if a not in accepted]
+        self.result = result
 
 
 def _iso(epoch: int | None) -> str | None:

@@ -107,7 +107,7 @@ class Scripts:
         self._now = now_ms
         load = redis.register_script
         names = ("due", "fields", "claim", "release", "enqueue", "start", "hold", "retry",
-                 "finish", "cancel", "park")  # fmt: skip
+                 "finish", "cancel", "park", "late")  # fmt: skip
         self._scripts = {name: load(_source(name)) for name in names}
 
     def _call(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
@@ -245,6 +245,10 @@ class Scripts:
         bucket, seconds = latency or ("", 0.0)
         args = [token, instance_id, status, error, result, retention, bucket, seconds]
         return bool(_text(self._call("finish", keys, args)[0]) == "done")
+
+    def late(self, instance_id: str, token: str, late: str) -> bool:
+        """Note copies a stale attempt got accepted (JSON); False when the record is gone."""
+        return bool(self._call("late", [self._keys.instance(instance_id)], [token, late]))
 
     def cancel(self, event_id: str, instance_ids: list[str], why: str, *, client: Any) -> None:
         """Queue the cancel of the event's in-flight executions on ``client`` (the MULTI

@@ -474,6 +474,15 @@ class Store:
             result="" if result is None else json.dumps(result, separators=(",", ":")),
         )
 
+    def note_late(
+        self, instance_id: str, token: str, delivered: list[str], accepted: list[str]
+    ) -> None:
+        """Copies this attempt got accepted after it lost the record (its recipients and
+        the accepted addresses): facts the record must show, though the attempt may no
+        longer write its state (late.lua)."""
+        late = json.dumps({"delivered": delivered, "accepted": accepted})
+        self.scripts.late(instance_id, token, late)
+
     def retry(self, instance_id: str, token: str, *, delay: float, error: str, took: float) -> bool:
         """Park an execution for ``delay`` seconds; False when the attempt lost the record."""
         return self.scripts.retry(
