@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import NotFound as NotFoundHttp
 
 from app.api import limits, messaging, openapi, ops, schedules
-from app.api.common import Services
+from app.api.common import Internal, InvalidMethod, NoSuchPath, Services, TooLarge
 from app.cli import project_cli
 from app.core import logs
+from app.core.errors import SendbeatError
 from app.core.health import warn_about_redis
 from app.core.keys import Keys
 from app.core.publisher import Publisher
@@ -68,36 +70,35 @@ def _schedules_path() -> bool:
     return request.path.startswith(schedules.BASES)
 
 
+def _render(exc: SendbeatError) -> Response:
+    """An error in the envelope of the dialect the path belongs to."""
+    if _schedules_path():
+        return schedules.problem(exc)
+    return messaging.error(exc, messaging.request_uid())
+
+
 def _http_error(exc: HTTPException) -> Response:
     """Routing errors (unknown path, wrong method, body too large) in the right envelope."""
-    status = exc.code or 500
-    if _schedules_path():
-        if status == 405:
-            return schedules.problem(400, "Invalid method")
-        return schedules.problem(status, _describe(exc))
-    codes = {404: "not_found", 405: "bad_request", 413: "too_large"}
-    if status == 413:
-        return messaging.error(
-            413,
-            "too_large",
-            f"The posted content is larger than {request.max_content_length} bytes.",
+    return _render(_as_error(exc))
+
+
+def _as_error(exc: HTTPException) -> SendbeatError:
+    if isinstance(exc, RequestEntityTooLarge):
+        return TooLarge(request.max_content_length or 0)
+    if isinstance(exc, MethodNotAllowed):
+        return InvalidMethod(
+            "Invalid method" if _schedules_path() else "Use POST with a JSON body."
         )
-    if status == 405:
-        return messaging.error(400, "bad_request", "Use POST with a JSON body.")
-    return messaging.error(status, codes.get(status, "bad_request"), _describe(exc))
-
-
-def _describe(exc: HTTPException) -> str:
-    if exc.code == 404:
-        return f"Nothing at {request.path}."
-    return exc.description or exc.name
+    if isinstance(exc, NotFoundHttp):
+        return NoSuchPath(f"Nothing at {request.path}.")
+    error = SendbeatError(exc.description or exc.name)
+    error.status = exc.code or 500
+    error.code = "bad_request" if error.status < 500 else "internal_error"
+    return error
 
 
 def _unexpected(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         return _http_error(exc)
     log.exception("unexpected error on %s %s", request.method, request.path)
-    message = "Internal error; it has been logged."
-    if _schedules_path():
-        return schedules.problem(500, message)
-    return messaging.error(500, "internal_error", message)
+    return _render(Internal())

@@ -1,20 +1,76 @@
-"""What both HTTP dialects share: the services a view calls, authentication, and
-flattening marshmallow errors into "field: message" strings."""
+"""What both HTTP dialects share: the services a view calls, authentication, the errors
+of HTTP itself, reading a JSON body within its bounds, and flattening marshmallow errors
+into "field: message" strings."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app, g, request
+from werkzeug.exceptions import HTTPException
 
-from app.core.errors import Unauthorized
+from app.core.errors import SendbeatError, Unauthorized, ValidationError
 from app.core.events import Defaults
 from app.core.publisher import Publisher
 from app.core.settings import Settings
 from app.core.store import Store
 
 UNAUTHORIZED = "Invalid or inactive project API key used."
+INTERNAL = "Internal error; it has been logged."
+# Deeper than any real request (send_message arguments nest five or six levels); a
+# bound so that no body can make a parser, a walk or a renderer recurse without end.
+MAX_JSON_DEPTH = 32
+
+
+class InvalidJson(SendbeatError):
+    """Raised when the posted content is not JSON (or is empty though it says it is)."""
+
+    status = 406
+    code = "invalid_json"
+
+    def __init__(self) -> None:
+        super().__init__("The posted content is not valid JSON.")
+
+
+class InvalidUtf8(SendbeatError):
+    """Raised when the posted content is not UTF-8."""
+
+    status = 406
+    code = "invalid_utf8"
+
+    def __init__(self) -> None:
+        super().__init__("The posted content is not valid UTF-8.")
+
+
+class TooLarge(SendbeatError):
+    """Raised when the posted content is larger than ``SENDBEAT_MAX_BODY_BYTES``."""
+
+    status = 413
+    code = "too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The posted content is larger than {limit} bytes.")
+
+
+class InvalidMethod(ValidationError):
+    """Raised when a known path is called with an HTTP method it does not take (400, as
+    both dialects' pages answer, not 405)."""
+
+
+class NoSuchPath(SendbeatError):
+    """Raised when nothing is served at the requested path."""
+
+    status = 404
+    code = "not_found"
+
+
+class Internal(SendbeatError):
+    """Raised (as a stand-in) for a fault of ours: logged, answered without a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(INTERNAL)
 
 
 @dataclass
@@ -45,6 +101,92 @@ def authenticate(body_key: object = None) -> str:
     if project_id is None:
         raise Unauthorized(UNAUTHORIZED)
     return project_id
+
+
+def json_body() -> Any:
+    """The request's JSON body, parsed once per request: None when it is empty (and does
+    not say it is JSON). Raises InvalidUtf8, InvalidJson, or ValidationError when it nests
+    deeper than MAX_JSON_DEPTH or holds a string that is not Unicode text (a lone
+    surrogate), so no later step can fail on it."""
+    if "sendbeat_body" not in g:
+        g.sendbeat_body = _parse(request.get_data(cache=True), request.is_json)
+    return g.sendbeat_body
+
+
+def peek_json_body() -> Any:
+    """json_body(), or None when it is not valid: for echoing a uid in an error answer
+    and for the rate limit's key, which must never fail themselves."""
+    try:
+        return json_body()
+    except (SendbeatError, HTTPException):  # HTTPException: the body is too large to read
+        return None
+
+
+def _parse(raw: bytes, says_json: bool) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidUtf8() from None
+    if not text.strip():
+        if says_json:
+            raise InvalidJson()
+        return None
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise too_deep() from None
+    except ValueError:
+        raise InvalidJson() from None
+    _check_json(value)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+NOT_AN_OBJECT = "The posted JSON must be an object with the method's fields."
+
+
+def too_deep() -> ValidationError:
+    return ValidationError(f"The posted JSON nests deeper than {MAX_JSON_DEPTH} levels.")
+
+
+def _check_json(value: Any) -> None:
+    """Walk the document without recursion: its depth, and every key and string in it."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(item, path)
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise too_deep()
+        if isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
+            continue
+        for key, child in item.items():
+            child_path = f"{path}.{key}" if path else key
+            _check_text(key, path)
+            stack.append((child, child_path, depth + 1))
+
+
+def _check_text(text: str, path: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            where = f"{path[:200]}: " if path else ""
+            raise ValidationError(
+                f"{where}contains an unpaired surrogate (\\u{ord(text[_surrogate(text)]):04x});"
+                " send Unicode text"
+            ) from None
+
+
+def _surrogate(text: str) -> int:
+    return next(i for i, char in enumerate(text) if 0xD800 <= ord(char) <= 0xDFFF)
 
 
 def flatten_errors(messages: Any, path: str = "") -> list[str]:

@@ -8,7 +8,6 @@ the key itself is never stored. A request without one is counted by its address.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from urllib.parse import urlsplit
@@ -18,7 +17,8 @@ from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 
 from app.api import messaging, schedules
-from app.api.common import bearer_token
+from app.api.common import bearer_token, peek_json_body
+from app.core.errors import SendbeatError
 from app.core.keys import Keys
 from app.core.settings import Settings
 from app.core.store import key_digest
@@ -64,20 +64,24 @@ def client_key() -> str:
 
 
 def _body_key() -> str | None:
-    try:
-        body = json.loads(request.get_data(cache=True) or b"{}")
-    except ValueError:
-        return None
+    body = peek_json_body()
     key = body.get("api_key") if isinstance(body, dict) else None
     return key if isinstance(key, str) and key else None
 
 
+class RateLimited(SendbeatError):
+    """Raised when a key (or an address without one) spent its budget of requests."""
+
+    status = 429
+    code = "rate_limited"
+
+
 def rate_limited(exc: RateLimitExceeded) -> Response:
-    message = f"Rate limit exceeded: {exc.description}"
+    error = RateLimited(f"Rate limit exceeded: {exc.description}")
     if request.blueprint == schedules.bp.name:
-        response = schedules.problem(429, message)
+        response = schedules.problem(error)
     else:
-        response = messaging.error(429, "rate_limited", message, uid=messaging.body_uid())
+        response = messaging.error(error, messaging.request_uid())
     response.headers["Retry-After"] = str(retry_after())
     return response
 

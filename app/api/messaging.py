@@ -1,21 +1,40 @@
 """The messaging dialect (PostageApp-compatible): ``POST /v.1.1/<method>`` with a JSON
-body, ``/v.1.0/<method>.json`` as an alias, and its error envelope (DESIGN §3)."""
+body, ``/v.1.0/<method>.json`` as an alias, and its error envelope (DESIGN §3).
+
+Each method is declared once with ``@method``: its body and reply schemas, its summary
+and the errors it answers besides the dialect's common ones. The view receives the
+loaded body and the caller's project id, and shapes the answer."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 from marshmallow import Schema
 from marshmallow import ValidationError as SchemaError
 
-from app.api.common import authenticate, flatten_errors, services
-from app.api.schemas import EventBody, EventsBody, ListBody, PageBody, SendBody, UidBody, UpdateBody
+from app.api import schemas as s
+from app.api.common import (
+    NOT_AN_OBJECT,
+    UNAUTHORIZED,
+    Internal,
+    InvalidJson,
+    InvalidUtf8,
+    NoSuchPath,
+    TooLarge,
+    authenticate,
+    flatten_errors,
+    json_body,
+    peek_json_body,
+    services,
+    too_deep,
+)
+from app.api.declare import BodySchema, Dialect, Endpoint, Example, declare, example
+from app.api.seeds import SEED_BATCH_200, SEED_BATCH_REQUEST
 from app.core.clock import isoformat
 from app.core.errors import (
-    Conflict,
+    NO_SUCH_UID,
     DispatchError,
     NotFound,
     SendbeatError,
@@ -23,72 +42,128 @@ from app.core.errors import (
     Unauthorized,
     ValidationError,
 )
-from app.core.events import create_events, delete_event, update_event
+from app.core.events import create_events, delete_event, message_uid_taken, uid_taken, update_event
 from app.core.events import send_message as queue_message
+from app.core.settings import Settings
 
 bp = Blueprint("messaging", __name__)
 
-Method = Callable[[dict[str, Any], str], Response]
-METHODS: dict[str, Method] = {}
+PRIMARY = "/v.1.1/{}"
+ALIAS = "/v.1.0/{}.json"
+DISPATCH_FAILED = "Dispatcher error: Error 111 connecting to redis:6379. Connection refused."
+
+View = Callable[[dict[str, Any], str], Response]
+METHODS: dict[str, View] = {}
 
 
-class BadJson(SendbeatError):
-    """Raised when the body is not UTF-8 or not JSON (406)."""
+def envelope(exc: SendbeatError, uid: str | None) -> dict[str, Any]:
+    """The dialect's error body; a taken uid names itself, any other error echoes the
+    request's uid."""
+    if isinstance(exc, UidTaken):
+        uid = exc.uid
+    return {
+        "response": {"status": exc.code, "uid": uid, "message": exc.message},
+        "data": {"errors": exc.errors},
+    }
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+
+def _common(settings: Settings) -> Mapping[str, Example]:
+    return {
+        "not_an_object": example(ValidationError(NOT_AN_OBJECT)),
+        "too_deep": example(too_deep()),
+        "unauthorized": example(Unauthorized(UNAUTHORIZED)),
+        "invalid_json": example(InvalidJson()),
+        "invalid_utf8": example(InvalidUtf8()),
+        "too_large": example(TooLarge(settings.max_body_bytes)),
+        "internal": example(Internal()),
+    }
 
 
-def method(name: str) -> Callable[[Method], Method]:
-    def register(view: Method) -> Method:
+DIALECT = Dialect(
+    tag="messaging",
+    render=envelope,
+    error_schema=s.MessagingError,
+    common=_common,
+    alias_note="Alias: `POST /v.1.0/{name}.json`. Any HTTP method but POST answers 400 "
+    '"Use POST with a JSON body.".',
+    security=({"bearerAuth": []}, {}),
+)
+
+
+def method(
+    name: str,
+    *,
+    summary: str,
+    description: str,
+    body: BodySchema,
+    reply: type[Schema],
+    errors: Mapping[str, Example] | None = None,
+    body_examples: Mapping[str, Any] | None = None,
+    reply_examples: Mapping[str, Any] | None = None,
+) -> Callable[[View], View]:
+    """Declare a method and serve it at ``/v.1.1/<name>`` and ``/v.1.0/<name>.json``."""
+    endpoint = declare(
+        Endpoint(
+            dialect=DIALECT,
+            path=PRIMARY.format(name),
+            method="post",
+            operation_id=name,
+            summary=summary,
+            description=description + "\n\n" + DIALECT.alias_note.format(name=name),
+            body=body,
+            reply=reply,
+            errors=errors or {},
+            body_examples=body_examples or {},
+            reply_examples=reply_examples or {},
+        )
+    )
+
+    def register(view: View) -> View:
+        def call() -> Response:
+            raw = json_body()
+            data = raw if raw is not None else {}
+            if not isinstance(data, dict):
+                raise ValidationError(NOT_AN_OBJECT)
+            project_id = authenticate(data.get("api_key"))
+            schema = endpoint.body_schema(services().settings)
+            assert schema is not None
+            return view(load(schema, data), project_id)
+
+        for index, rule in enumerate((PRIMARY.format(name), ALIAS.format(name))):
+            bp.add_url_rule(rule, f"{name}-{index}", call, methods=["POST"])
         METHODS[name] = view
         return view
 
     return register
 
 
+@bp.route("/v.1.1/<name>", methods=["POST"])
+@bp.route("/v.1.0/<name>.json", methods=["POST"])
+def unknown(name: str) -> Response:
+    known = ", ".join(sorted(METHODS))
+    raise NoSuchPath(f"Unknown API method {name!r}. Available methods: {known}.")
+
+
 def ok(uid: object, data: Any) -> Response:
     return jsonify({"response": {"status": "ok", "uid": uid}, "data": data})
 
 
-def error(
-    status: int, code: str, message: str, errors: list[str] | None = None, uid: object = None
-) -> Response:
-    body = {
-        "response": {"status": code, "uid": uid, "message": message},
-        "data": {"errors": errors if errors is not None else [message]},
-    }
-    response = jsonify(body)
-    response.status_code = status
+def error(exc: SendbeatError, uid: str | None = None) -> Response:
+    response = jsonify(envelope(exc, uid))
+    response.status_code = exc.status
     return response
 
 
-@bp.route("/v.1.1/<name>", methods=["POST"])
-@bp.route("/v.1.0/<name>.json", methods=["POST"])
-def call(name: str) -> Response:
-    body = read_body()
-    view = METHODS.get(name)
-    if view is None:
-        known = ", ".join(sorted(METHODS))
-        raise NotFound(f"Unknown API method {name!r}. Available methods: {known}.")
-    project_id = authenticate(body.get("api_key"))
-    return view(body, project_id)
+def request_uid() -> str | None:
+    """The request's uid, echoed in an error answer (when the body has a string one)."""
+    body = peek_json_body()
+    uid = body.get("uid") if isinstance(body, dict) else None
+    return uid if isinstance(uid, str) else None
 
 
-def read_body() -> dict[str, Any]:
-    raw = request.get_data(cache=True)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadJson("invalid_utf8", "The posted content is not valid UTF-8.") from None
-    try:
-        body = json.loads(text) if text.strip() else {}
-    except ValueError:
-        raise BadJson("invalid_json", "The posted content is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise ValidationError("The posted JSON must be an object with the method's fields.")
-    return body
+@bp.errorhandler(SendbeatError)
+def render_error(exc: SendbeatError) -> Response:
+    return error(exc, request_uid())
 
 
 def load(schema: Schema, body: dict[str, Any]) -> dict[str, Any]:
@@ -99,40 +174,44 @@ def load(schema: Schema, body: dict[str, Any]) -> dict[str, Any]:
         raise ValidationError(errors[0], errors) from None
 
 
-def body_uid() -> object:
-    try:
-        body = json.loads(request.get_data(cache=True) or b"{}")
-    except ValueError:
-        return None
-    return body.get("uid") if isinstance(body, dict) else None
-
-
-@bp.errorhandler(SendbeatError)
-def render_error(exc: SendbeatError) -> Response:
-    uid = body_uid()
-    if isinstance(exc, BadJson):
-        return error(406, exc.code, exc.message)
-    if isinstance(exc, Unauthorized):
-        return error(401, "unauthorized", exc.message, uid=uid)
-    if isinstance(exc, NotFound):
-        return error(404, "not_found", exc.message, uid=uid)
-    if isinstance(exc, UidTaken):
-        return error(400, "bad_request", exc.message, exc.errors, uid=exc.uid)
-    if isinstance(exc, Conflict):
-        return error(409, "conflict", exc.message, uid=uid)
-    if isinstance(exc, DispatchError):
-        return error(500, "internal_error", exc.message, uid=uid)
-    if isinstance(exc, ValidationError):
-        return error(400, "bad_request", exc.message, exc.errors, uid=uid)
-    return error(500, "internal_error", exc.message, uid=uid)
-
-
 # -- methods ---------------------------------------------------------------------------
 
+_FIELD_EVENT = ValidationError("schedule: Missing data for required field.")
+_UNKNOWN_UID = {"not_found": example(NotFound(NO_SUCH_UID), "x")}
 
-@method("create_scheduled_event")
-def create_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
-    data = load(EventBody(), body)
+
+@method(
+    "send_message",
+    summary="Send a message now",
+    description='Queues one send_message request (see messages.md) now (`trigger: "api"`); '
+    "answers the execution's id with status `queued`. A `uid` can be used once per "
+    "project. Remote content (`$ref`) is fetched when the message is sent. A broker "
+    'failure answers 500 "Dispatcher error: <reason>".',
+    body=s.SendBody,
+    reply=s.SendReply,
+    errors={
+        "field": example(ValidationError("arguments: Missing data for required field.")),
+        "duplicate": example(message_uid_taken("m1")),
+        "dispatcher": example(DispatchError(DISPATCH_FAILED)),
+    },
+)
+def send_message(data: dict[str, Any], project_id: str) -> Response:
+    svc = services()
+    instance = queue_message(svc.store, svc.publisher, project_id, data["arguments"], data["uid"])
+    return ok(data["uid"], {"message": {"id": instance.id, "status": instance.status}})
+
+
+@method(
+    "create_scheduled_event",
+    summary="Create a scheduled event",
+    description="Answers the event record; `scheduled_at` is the next run in UTC. "
+    '`"preview": true` adds `next_runs`. A uid taken in the project answers 400 '
+    '`"[:uid, :project id] is already taken"`.',
+    body=s.EventBody,
+    reply=s.PreviewedEventReply,
+    errors={"uid_taken": example(uid_taken("__UID__")), "field": example(_FIELD_EVENT, "x")},
+)
+def create_scheduled_event(data: dict[str, Any], project_id: str) -> Response:
     svc = services()
     created = create_events(svc.store, project_id, [data["spec"]], svc.defaults, batch=False)
     event, schedule = created.events[0], created.schedules[0]
@@ -142,44 +221,76 @@ def create_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
     return ok(event.uid, record)
 
 
-@method("create_scheduled_events")
-def create_scheduled_events(body: dict[str, Any], project_id: str) -> Response:
+@method(
+    "create_scheduled_events",
+    summary="Create many scheduled events at once",
+    description="At most `SENDBEAT_BATCH_LIMIT` events. Atomic: every "
+    "event is validated first, then all are created or none. Answers the events in "
+    "request order under `response.message` (and no `data`); sendbeat adds each "
+    "event's `id`. A uid taken in the project, or given twice in the batch, answers "
+    'the seed\'s 400; other problems name the event and field: "events[3].schedule: …".',
+    body=lambda settings: s.EventsBody(limit=settings.batch_limit),
+    reply=s.BatchReply,
+    body_examples={"seed": SEED_BATCH_REQUEST},
+    reply_examples={"seed": SEED_BATCH_200},
+    errors={
+        "uid_taken": example(uid_taken("__UID__")),
+        "field": example(ValidationError("events[1].schedule: Missing data for required field.")),
+    },
+)
+def create_scheduled_events(data: dict[str, Any], project_id: str) -> Response:
     svc = services()
-    data = load(EventsBody(limit=svc.settings.batch_limit), body)
-    created = create_events(
-        svc.store, project_id, [e["spec"] for e in data["events"]], svc.defaults
-    )
+    specs = [e["spec"] for e in data["events"]]
+    created = create_events(svc.store, project_id, specs, svc.defaults)
     # Exactly the seed's shape: the list sits under response.message, with no data.
     return jsonify({"response": {"status": "ok", "message": [e.summary() for e in created.events]}})
 
 
-@method("get_scheduled_event")
-def get_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
-    uid = load(UidBody(), body)["uid"]
+@method(
+    "get_scheduled_event",
+    summary="Get a scheduled event",
+    description="Answers the event record.",
+    body=s.UidBody,
+    reply=s.EventReply,
+    errors=_UNKNOWN_UID,
+)
+def get_scheduled_event(data: dict[str, Any], project_id: str) -> Response:
+    uid = data["uid"]
     return ok(uid, services().store.event_by_uid(project_id, uid).record())
 
 
-@method("list_scheduled_event_instances")
-def list_scheduled_event_instances(body: dict[str, Any], project_id: str) -> Response:
-    data = load(PageBody(), body)
+@method(
+    "list_scheduled_event_instances",
+    summary="List an event's executions",
+    description="A page of the event's executions, newest first. Each email carries an "
+    "`X-Sendbeat-Instance` header with its execution's `uid`.",
+    body=s.PageBody,
+    reply=s.InstanceListReply,
+    errors=_UNKNOWN_UID,
+)
+def list_scheduled_event_instances(data: dict[str, Any], project_id: str) -> Response:
     store = services().store
     event = store.event_by_uid(project_id, data["uid"])
-    per_page = data["per_page"]
-    instances, total = store.list_instances(event.id, (data["page"] - 1) * per_page, per_page)
+    page, per_page = data["page"], data["per_page"]
+    instances, total = store.list_instances(event.id, (page - 1) * per_page, per_page)
+    records = [i.record() for i in instances]
     return ok(
         data["uid"],
-        {
-            "scheduled_event_instances": [i.record() for i in instances],
-            "page": data["page"],
-            "per_page": per_page,
-            "total": total,
-        },
+        {"scheduled_event_instances": records, "page": page, "per_page": per_page, "total": total},
     )
 
 
-@method("update_scheduled_event")
-def update_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
-    data = load(UpdateBody(), body)
+@method(
+    "update_scheduled_event",
+    summary="Change a scheduled event",
+    description="Changes only the fields given; `status` `suspend` pauses the event and "
+    "`active` resumes it. Answers the event record, with the schedule repeated as "
+    "`frequency`.",
+    body=s.UpdateBody,
+    reply=s.UpdatedEventReply,
+    errors=_UNKNOWN_UID,
+)
+def update_scheduled_event(data: dict[str, Any], project_id: str) -> Response:
     svc = services()
     event = svc.store.event_by_uid(project_id, data["uid"])
     event = update_event(svc.store, event, data["changes"])
@@ -187,35 +298,36 @@ def update_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
     return ok(event.uid, {**event.record(), "frequency": event.schedule})
 
 
-@method("delete_scheduled_event")
-def delete_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
-    uid = load(UidBody(), body)["uid"]
+@method(
+    "delete_scheduled_event",
+    summary="Delete a scheduled event",
+    description="Deletes the event and cancels its queued executions.",
+    body=s.UidBody,
+    reply=s.DeletedReply,
+    errors=_UNKNOWN_UID,
+)
+def delete_scheduled_event(data: dict[str, Any], project_id: str) -> Response:
+    uid = data["uid"]
     store = services().store
     delete_event(store, store.event_by_uid(project_id, uid))
     return ok(uid, {"uid": uid, "deleted": True})
 
 
-@method("list_scheduled_events")
-def list_scheduled_events(body: dict[str, Any], project_id: str) -> Response:
-    data = load(ListBody(), body)
+@method(
+    "list_scheduled_events",
+    summary="List the project's scheduled events",
+    description="A page of the project's events, oldest first, optionally only those with "
+    "one `status`.",
+    body=s.ListBody,
+    reply=s.EventListReply,
+)
+def list_scheduled_events(data: dict[str, Any], project_id: str) -> Response:
     page, per_page = data["page"], data["per_page"]
     events, total = services().store.list_events(
         project_id, (page - 1) * per_page, per_page, data["status"]
     )
+    records = [e.record() for e in events]
     return ok(
-        body.get("uid"),
-        {
-            "scheduled_events": [e.record() for e in events],
-            "page": page,
-            "per_page": per_page,
-            "total": total,
-        },
+        data["uid"],
+        {"scheduled_events": records, "page": page, "per_page": per_page, "total": total},
     )
-
-
-@method("send_message")
-def send_message(body: dict[str, Any], project_id: str) -> Response:
-    data = load(SendBody(), body)
-    svc = services()
-    instance = queue_message(svc.store, svc.publisher, project_id, data["arguments"], data["uid"])
-    return ok(data["uid"], {"message": {"id": instance.id, "status": instance.status}})

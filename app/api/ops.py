@@ -13,6 +13,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
+from app.api import schemas as s
+from app.api.declare import META, Endpoint, serve
 from app.core.health import BrokerProbe, readiness, reason
 from app.core.metrics import Collector, Snapshot, read_snapshot
 from app.core.redis_client import connect
@@ -61,12 +63,40 @@ def ops() -> Ops:
     return current_app.extensions["sendbeat-ops"]
 
 
-@bp.get("/healthz")
+@serve(
+    bp,
+    Endpoint(
+        META,
+        "/healthz",
+        "get",
+        "healthz",
+        summary="Liveness",
+        description="The web process is up (no dependency is checked).",
+        reply=s.Health,
+    ),
+)
 def healthz() -> Response:
     return jsonify({"status": "ok"})
 
 
-@bp.get("/readyz")
+@serve(
+    bp,
+    Endpoint(
+        META,
+        "/readyz",
+        "get",
+        "readyz",
+        summary="Readiness",
+        description="Redis, the broker and a fresh beat heartbeat; 503 when one fails.",
+        reply=s.Readiness,
+        other_answers={
+            "503": {
+                "description": "Not ready: `checks` says which check failed and why.",
+                "content": {"application/json": {"schema": s.Readiness}},
+            }
+        },
+    ),
+)
 def readyz() -> Response:
     state = ops()
     result = readiness(state.store, state.broker, state.stale_after)
@@ -77,7 +107,26 @@ def readyz() -> Response:
     return response
 
 
-@bp.get("/metrics")
+@serve(
+    bp,
+    Endpoint(
+        META,
+        "/metrics",
+        "get",
+        "metrics",
+        summary="Prometheus metrics",
+        description="Read from Redis at each scrape (docs/operations.md lists them); 503 "
+        "when Redis is unreachable.",
+        reply=None,
+        media_type="text/plain",
+        other_answers={
+            "503": {
+                "description": "Redis is unreachable.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    ),
+)
 def metrics() -> Response:
     try:
         body = generate_latest(ops().registry)

@@ -1,20 +1,32 @@
 """The schedules dialect (Omni-compatible): ``/api/unstable/schedules`` with
-``/api/v1/schedules`` as an alias, Bearer auth and the SCIM error envelope (DESIGN §4)."""
+``/api/v1/schedules`` as an alias, Bearer auth and the SCIM error envelope (DESIGN §4).
+
+Each operation is declared once with ``route()``: its path, its reply (and query)
+schema, its summary and the errors it answers besides the dialect's common ones."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from marshmallow import Schema
 from marshmallow import ValidationError as SchemaError
 
-from app.api.common import authenticate, flatten_errors, services
-from app.api.schemas import SchedulePage
+from app.api import schemas as s
+from app.api.common import (
+    UNAUTHORIZED,
+    Internal,
+    InvalidMethod,
+    authenticate,
+    flatten_errors,
+    services,
+)
+from app.api.declare import Dialect, Endpoint, Example, declare, example
 from app.core.errors import (
-    Conflict,
     DispatchError,
     EventGone,
     NotFound,
@@ -22,49 +34,145 @@ from app.core.errors import (
     Unauthorized,
     ValidationError,
 )
-from app.core.events import delete_event, set_paused, trigger
+from app.core.events import delete_event, in_progress, set_paused, trigger
 from app.core.message import recipients_of
 from app.core.records import Event
+from app.core.settings import Settings
 
 bp = Blueprint("schedules", __name__)
 
-SCIM_ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+SCIM_ERROR = s.SCIM_ERROR_URN
 BASES = ("/api/unstable/schedules", "/api/v1/schedules")
-ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+DISPATCH_FAILED = "Dispatcher error: Error 111 connecting to redis:6379. Connection refused."
+SEED_SCHEDULE_ID = "123e4567-e89b-12d3-a456-426614174000"
+INVALID_UUID = "Bad Request: scheduleId: Invalid uuid"
+INVALID_CURSOR = "Bad Request: cursor: Invalid cursor"
+SCHEDULE_ID = {
+    "name": "scheduleId",
+    "in": "path",
+    "required": True,
+    "description": "The event's `id` (a UUID).",
+    "schema": {"type": "string", "format": "uuid"},
+    "example": SEED_SCHEDULE_ID,
+}
 
 
-class InvalidMethod(SendbeatError):
-    """Raised when a known path is called with an HTTP method it does not take (400, not 405)."""
+def detail(exc: SendbeatError) -> str:
+    if isinstance(exc, Unauthorized):
+        return "Unauthorized: " + exc.message
+    if isinstance(exc, EventGone):  # deleted while this request was acting on it
+        return missing((request.view_args or {}).get("schedule_id", ""))
+    return exc.message
 
 
-def problem(status: int, detail: str) -> Response:
-    response = jsonify({"detail": detail, "schemas": [SCIM_ERROR], "status": status})
-    response.status_code = status
+def envelope(exc: SendbeatError, uid: str | None = None) -> dict[str, Any]:
+    return {"detail": detail(exc), "schemas": [SCIM_ERROR], "status": exc.status}
+
+
+def problem(exc: SendbeatError) -> Response:
+    response = jsonify(envelope(exc))
+    response.status_code = exc.status
     return response
 
 
+def _common(settings: Settings) -> Mapping[str, Example]:
+    return {
+        "unauthorized": example(Unauthorized(UNAUTHORIZED)),
+        "invalid_method": example(InvalidMethod("Invalid method")),
+        "internal": example(Internal()),
+    }
+
+
+DIALECT = Dialect(
+    tag="schedules",
+    render=envelope,
+    error_schema=s.ScimError,
+    common=_common,
+    alias_note="Alias: the same path under `/api/v1/schedules`. Any other HTTP method "
+    'answers 400 "Invalid method".',
+    security=({"bearerAuth": []},),
+)
+
 View = Callable[..., Response]
+_FOUND = {
+    "invalid_uuid": example(ValidationError(INVALID_UUID)),
+    "not_found": example(NotFound(f"Scheduled task with id {SEED_SCHEDULE_ID} does not exist")),
+}
+_PAGED = {
+    "bad_page_size": example(
+        ValidationError(
+            "Bad Request: pageSize: Must be greater than or equal to 1 and less than or equal "
+            "to 100."
+        )
+    ),
+    "bad_cursor": example(ValidationError(INVALID_CURSOR)),
+}
 
 
-def route(path: str, **views: View) -> None:
-    """Register a path on both base paths with one view per HTTP method; any other
-    method on a known path is "Invalid method" (400, as the seed says, not 405)."""
+def route(
+    path: str,
+    method: str,
+    operation_id: str,
+    *,
+    summary: str,
+    description: str,
+    reply: type[Schema],
+    query: type[Schema] | None = None,
+    errors: Mapping[str, Example] | None = None,
+) -> Callable[[View], View]:
+    """Declare an operation and serve it on both base paths. Its view is called with the
+    caller's project id, the path's ``schedule_id`` and, with ``query``, the loaded query;
+    another method on a known path answers 400 "Invalid method" (as the seed does)."""
+    by_id = "{scheduleId}" in path
+    endpoint = declare(
+        Endpoint(
+            dialect=DIALECT,
+            path=BASES[0] + path,
+            method=method,
+            operation_id=operation_id,
+            summary=summary,
+            description=description + "\n\n" + DIALECT.alias_note,
+            reply=reply,
+            query=query,
+            parameters=(SCHEDULE_ID,) if by_id else (),
+            errors={**(_FOUND if by_id else {}), **(_PAGED if query else {}), **(errors or {})},
+        )
+    )
+    rule = path.replace("{scheduleId}", "<schedule_id>")
 
-    def dispatch(**kwargs: str) -> Response:
-        view = views.get(request.method.lower())
-        if view is None:
-            raise InvalidMethod("Invalid method")
-        return view(**kwargs)
+    def register(view: View) -> View:
+        def call(**kwargs: Any) -> Response:
+            project_id = authenticate()
+            if endpoint.query is not None:
+                kwargs["query"] = load_query(endpoint.query)
+            return view(project_id, **kwargs)
 
-    for index, base in enumerate(BASES):
-        bp.add_url_rule(base + path, f"{path}-{index}", dispatch, methods=ALL_METHODS)
+        for index, base in enumerate(BASES):
+            # The collection answers with or without its trailing slash.
+            bp.add_url_rule(
+                base + rule,
+                f"{operation_id}-{index}",
+                call,
+                methods=[method.upper()],
+                strict_slashes=False,
+            )
+        return view
+
+    return register
 
 
-def find_event(schedule_id: str) -> Event:
-    project_id = authenticate()
-    if not _UUID.match(schedule_id):
-        raise ValidationError("Bad Request: scheduleId: Invalid uuid")
+def load_query(schema: type[Schema]) -> dict[str, Any]:
+    try:
+        return schema().load(request.args.to_dict())
+    except SchemaError as exc:
+        name, messages = next(iter(exc.messages.items()))  # type: ignore[union-attr]
+        raise ValidationError(f"Bad Request: {name}: {flatten_errors(messages)[0]}") from None
+
+
+def find_event(project_id: str, schedule_id: str) -> Event:
+    if not _UUID.fullmatch(schedule_id):
+        raise ValidationError(INVALID_UUID)
     event = services().store.event_by_id(project_id, schedule_id.lower())
     if event is None:
         raise NotFound(missing(schedule_id))
@@ -77,88 +185,148 @@ def missing(schedule_id: str) -> str:
 
 @bp.errorhandler(SendbeatError)
 def render_error(exc: SendbeatError) -> Response:
-    if isinstance(exc, InvalidMethod | ValidationError):
-        return problem(400, exc.message)
-    if isinstance(exc, Unauthorized):
-        return problem(401, "Unauthorized: " + exc.message)
-    if isinstance(exc, EventGone):  # deleted while this request was acting on it
-        return problem(404, missing((request.view_args or {}).get("schedule_id", "")))
-    if isinstance(exc, NotFound):
-        return problem(404, exc.message)
-    if isinstance(exc, Conflict):
-        return problem(409, exc.message)
-    if isinstance(exc, DispatchError):
-        return problem(500, exc.message)
-    return problem(500, exc.message)
+    return problem(exc)
 
 
-def trigger_schedule(schedule_id: str) -> Response:
+@route(
+    "",
+    "get",
+    "listSchedules",
+    summary="List the project's schedules",
+    description="A page of the project's events, oldest first.",
+    reply=s.SchedulesPage,
+    query=s.SchedulePage,
+)
+def list_schedules(project_id: str, query: dict[str, Any]) -> Response:
+    offset, size = page_request(query)
+    events, total = services().store.list_events(project_id, offset, size)
+    return page([e.record() for e in events], offset, size, total)
+
+
+@route(
+    "/{scheduleId}",
+    "get",
+    "getSchedule",
+    summary="Get a schedule",
+    description="Answers the event record.",
+    reply=s.EventRecord,
+)
+def get_schedule(project_id: str, schedule_id: str) -> Response:
+    return jsonify(find_event(project_id, schedule_id).record())
+
+
+@route(
+    "/{scheduleId}",
+    "delete",
+    "deleteSchedule",
+    summary="Delete a schedule",
+    description="Deletes the event and cancels its queued executions.",
+    reply=s.Success,
+)
+def delete_schedule(project_id: str, schedule_id: str) -> Response:
+    delete_event(services().store, find_event(project_id, schedule_id))
+    return success()
+
+
+@route(
+    "/{scheduleId}/trigger",
+    "post",
+    "triggerSchedule",
+    summary="Trigger a schedule now",
+    description='Runs the event now as an extra occurrence (`trigger: "manual"`); its '
+    '`scheduled_at` does not move. A broker failure answers 500 "Dispatcher error: '
+    '<reason>" and leaves no execution record.',
+    reply=s.Success,
+    errors={
+        "conflict": example(in_progress()),
+        "dispatcher": example(
+            DispatchError(
+                "Dispatcher error: Error 111 connecting to redis:6379. Connection refused."
+            )
+        ),
+    },
+)
+def trigger_schedule(project_id: str, schedule_id: str) -> Response:
     svc = services()
-    trigger(svc.store, svc.publisher, find_event(schedule_id))
+    trigger(svc.store, svc.publisher, find_event(project_id, schedule_id))
     return success()
 
 
-def get_schedule(schedule_id: str) -> Response:
-    return jsonify(find_event(schedule_id).record())
-
-
-def delete_schedule(schedule_id: str) -> Response:
-    delete_event(services().store, find_event(schedule_id))
+@route(
+    "/{scheduleId}/pause",
+    "put",
+    "pauseSchedule",
+    summary="Pause a schedule",
+    description="Pauses the event (as update_scheduled_event's `status` does).",
+    reply=s.Success,
+)
+def pause_schedule(project_id: str, schedule_id: str) -> Response:
+    set_paused(services().store, find_event(project_id, schedule_id), True)
     return success()
 
 
-def pause_schedule(schedule_id: str) -> Response:
-    set_paused(services().store, find_event(schedule_id), True)
+@route(
+    "/{scheduleId}/resume",
+    "put",
+    "resumeSchedule",
+    summary="Resume a schedule",
+    description="Resumes the event (as update_scheduled_event's `status` does).",
+    reply=s.Success,
+)
+def resume_schedule(project_id: str, schedule_id: str) -> Response:
+    set_paused(services().store, find_event(project_id, schedule_id), False)
     return success()
 
 
-def resume_schedule(schedule_id: str) -> Response:
-    set_paused(services().store, find_event(schedule_id), False)
-    return success()
-
-
-def schedule_recipients(schedule_id: str) -> Response:
-    arguments = find_event(schedule_id).metadata.get("arguments") or {}
+@route(
+    "/{scheduleId}/recipients",
+    "get",
+    "listScheduleRecipients",
+    summary="List a schedule's recipients",
+    description="The addresses the event's message is sent to, from its arguments (empty "
+    "when they are a `$ref`).",
+    reply=s.Recipients,
+)
+def schedule_recipients(project_id: str, schedule_id: str) -> Response:
+    arguments = find_event(project_id, schedule_id).metadata.get("arguments") or {}
     emails = recipients_of(arguments)
     return jsonify({"recipients": [{"email": e} for e in emails], "total": len(emails)})
 
 
-def schedule_executions(schedule_id: str) -> Response:
-    event = find_event(schedule_id)
-    offset, size = page_request()
+@route(
+    "/{scheduleId}/executions",
+    "get",
+    "listScheduleExecutions",
+    summary="List a schedule's executions",
+    description="A page of the event's executions, newest first.",
+    reply=s.ExecutionsPage,
+    query=s.SchedulePage,
+)
+def schedule_executions(project_id: str, schedule_id: str, query: dict[str, Any]) -> Response:
+    event = find_event(project_id, schedule_id)
+    offset, size = page_request(query)
     instances, total = services().store.list_instances(event.id, offset, size)
     return page([i.record() for i in instances], offset, size, total)
-
-
-def list_schedules() -> Response:
-    project_id = authenticate()
-    offset, size = page_request()
-    events, total = services().store.list_events(project_id, offset, size)
-    return page([e.record() for e in events], offset, size, total)
 
 
 def success() -> Response:
     return jsonify({"success": True})
 
 
-def page_request() -> tuple[int, int]:
+def page_request(query: dict[str, Any]) -> tuple[int, int]:
     """(offset, page size) from ``cursor`` and ``pageSize``; the cursor is opaque."""
-    try:
-        query = SchedulePage().load(request.args.to_dict())
-    except SchemaError as exc:
-        name, messages = next(iter(exc.messages.items()))  # type: ignore[union-attr]
-        raise ValidationError(f"Bad Request: {name}: {flatten_errors(messages)[0]}") from None
     cursor = query["cursor"]
     return (decode_cursor(cursor) if cursor else 0), query["pageSize"]
 
 
 def decode_cursor(cursor: str) -> int:
     try:
-        offset = int(base64.urlsafe_b64decode(cursor.encode()).decode().removeprefix("o:"))
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationError("Bad Request: cursor: Invalid cursor") from None
-    if offset < 0:
-        raise ValidationError("Bad Request: cursor: Invalid cursor")
+        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii")
+        offset = int(text.removeprefix("o:"))
+    except (ValueError, binascii.Error):
+        raise ValidationError(INVALID_CURSOR) from None
+    if not 0 <= offset <= s.MAX_OFFSET:
+        raise ValidationError(INVALID_CURSOR)
     return offset
 
 
@@ -179,13 +347,3 @@ def page(records: list[Any], offset: int, size: int, total: int) -> Response:
             "records": records,
         }
     )
-
-
-route("", get=list_schedules)
-route("/", get=list_schedules)
-route("/<schedule_id>", get=get_schedule, delete=delete_schedule)
-route("/<schedule_id>/trigger", post=trigger_schedule)
-route("/<schedule_id>/pause", put=pause_schedule)
-route("/<schedule_id>/resume", put=resume_schedule)
-route("/<schedule_id>/recipients", get=schedule_recipients)
-route("/<schedule_id>/executions", get=schedule_executions)

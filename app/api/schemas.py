@@ -5,10 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
+from marshmallow import EXCLUDE, Schema, fields, post_load, validate
 
 from app.core.events import EventChanges, EventSpec
 from app.core.records import InstanceStatus
+
+# Bounds of the request fields (docs/api.md lists them). Pages stop where an offset still
+# fits the store's 64-bit ranges many times over; a cursor encodes such an offset.
+MAX_KEY_LENGTH = 256
+MAX_PAGE = 1_000_000
+MAX_PER_PAGE = 1000
+MAX_OFFSET = MAX_PAGE * MAX_PER_PAGE
+MAX_CURSOR_LENGTH = 64
 
 
 class Body(Schema):
@@ -17,6 +25,7 @@ class Body(Schema):
 
     api_key = fields.String(
         load_default=None,
+        validate=validate.Length(max=MAX_KEY_LENGTH),
         metadata={
             "description": "The project's API key; may be sent as "
             "`Authorization: Bearer <key>` instead."
@@ -39,7 +48,9 @@ class SendRequest(Schema):
 # them as separators).
 UID = [
     validate.Length(min=1, max=255),
-    validate.Regexp(r"^[^\x00-\x1f\x7f]*$", error="Must not contain control characters."),
+    # (?![\s\S]) ends the string in both Python and ECMA regexes (``$`` would let a
+    # trailing newline through in Python).
+    validate.Regexp(r"^[^\x00-\x1f\x7f]*(?![\s\S])", error="Must not contain control characters."),
 ]
 
 
@@ -91,19 +102,24 @@ class EventBody(Body):
         return {"spec": spec, "preview": data["preview"]}
 
 
+class BatchSize(validate.Length):
+    """How many events one create_scheduled_events may hold (minItems/maxItems)."""
+
+    message_min = "Give at least one event."
+    message_max = "At most {max} events per request; got {length}."
+
+    def _format_error(self, value: Any, message: str) -> str:
+        if self.min is not None and len(value) < self.min:
+            return self.message_min
+        return self.message_max.format(max=self.max, length=len(value))
+
+
 class EventsBody(Body):
     events = fields.List(fields.Nested(EventBody), required=True)
 
     def __init__(self, *, limit: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._limit = limit
-
-    @validates("events")
-    def check_size(self, value: list[Any], **_: Any) -> None:
-        if not value:
-            raise ValidationError("Give at least one event.")
-        if len(value) > self._limit:
-            raise ValidationError(f"At most {self._limit} events per request; got {len(value)}.")
+        self.fields["events"].validators = [BatchSize(min=1, max=limit)]
 
 
 class UidBody(Body):
@@ -111,9 +127,9 @@ class UidBody(Body):
 
 
 class PageBody(UidBody):
-    page = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, strict=True, validate=validate.Range(1, MAX_PAGE))
     per_page = fields.Integer(
-        load_default=250, strict=True, validate=validate.Range(min=1, max=1000)
+        load_default=250, strict=True, validate=validate.Range(1, MAX_PER_PAGE)
     )
 
 
@@ -134,9 +150,12 @@ class UpdateBody(UidBody):
 
 
 class ListBody(Body):
-    page = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1))
+    uid = fields.String(
+        load_default=None, validate=UID, metadata={"description": "Echoed in the answer."}
+    )
+    page = fields.Integer(load_default=1, strict=True, validate=validate.Range(1, MAX_PAGE))
     per_page = fields.Integer(
-        load_default=250, strict=True, validate=validate.Range(min=1, max=1000)
+        load_default=250, strict=True, validate=validate.Range(1, MAX_PER_PAGE)
     )
     status = fields.String(
         load_default=None, validate=validate.OneOf(["activated", "suspend", "completed"])
@@ -153,6 +172,7 @@ class SchedulePage(Schema):
 
     cursor = fields.String(
         load_default=None,
+        validate=validate.Length(max=MAX_CURSOR_LENGTH),
         metadata={"description": "The previous page's `pageInfo.nextCursor`; opaque."},
     )
     pageSize = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
@@ -435,3 +455,20 @@ class Recipient(Schema):
 class Recipients(Schema):
     recipients = fields.List(fields.Nested(Recipient), required=True)
     total = fields.Integer(required=True)
+
+
+# The operators' endpoints.
+
+
+class Health(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
+
+
+class Readiness(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ready", "not ready"]))
+    checks = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(["redis", "broker", "beat"])),
+        values=fields.String(),
+        required=True,
+        metadata={"description": 'Each check\'s result: "ok", or why it failed.'},
+    )

@@ -1,9 +1,15 @@
-"""The domain's exceptions. Each HTTP dialect renders them in its own envelope; each
-class's docstring says when it is raised."""
+"""The domain's exceptions. Each class's docstring says when it is raised, and each
+carries the HTTP status (and the messaging dialect's status word) it answers with, so
+each HTTP dialect only renders it in its own envelope."""
+
+NO_SUCH_UID = "Can not find scheduled event from the given UID"
 
 
 class SendbeatError(Exception):
     """Base of every error sendbeat raises on purpose."""
+
+    status: int = 500
+    code: str = "internal_error"
 
     def __init__(self, message: str, errors: list[str] | None = None) -> None:
         super().__init__(message)
@@ -13,6 +19,9 @@ class SendbeatError(Exception):
 
 class ValidationError(SendbeatError):
     """Raised when a request's content is wrong: a missing or malformed field."""
+
+    status = 400
+    code = "bad_request"
 
 
 class InvalidSchedule(ValidationError):
@@ -37,21 +46,30 @@ class UidTaken(ValidationError):
 class Unauthorized(SendbeatError):
     """Raised when a request carries no API key, or one that is unknown or revoked."""
 
+    status = 401
+    code = "unauthorized"
+
 
 class NotFound(SendbeatError):
     """Raised when an event is missing, or belongs to another project (never a 403)."""
+
+    status = 404
+    code = "not_found"
 
 
 class EventGone(NotFound):
     """Raised when an event was deleted while a request was changing or triggering it."""
 
     def __init__(self) -> None:
-        super().__init__("Can not find scheduled event from the given UID")
+        super().__init__(NO_SUCH_UID)
 
 
 class Conflict(SendbeatError):
     """Raised when a manual trigger finds an occurrence of the same event still
     queued or running and the event's overlap policy is ``skip``."""
+
+    status = 409
+    code = "conflict"
 
 
 class DispatchError(SendbeatError):

@@ -64,6 +64,16 @@ def uid_taken(uid: str) -> UidTaken:
     )
 
 
+def message_uid_taken(uid: str) -> UidTaken:
+    """A send_message uid used before in the project."""
+    return UidTaken(uid, f"Uid {uid} already exists. Assuming message duplication.")
+
+
+def in_progress() -> Conflict:
+    """A manual trigger while an occurrence runs, with overlap ``skip``."""
+    return Conflict("Another execution is in progress for this schedule")
+
+
 def epoch(moment: datetime) -> int:
     return int(moment.timestamp())
 
@@ -166,7 +176,7 @@ def trigger(store: Store, publisher: Publisher, event: Event) -> Instance:
     )
     outcome = _enqueue(store, publisher, instance)
     if outcome is Enqueued.CONFLICT:
-        raise Conflict("Another execution is in progress for this schedule")
+        raise in_progress()
     if outcome is Enqueued.GONE:
         raise EventGone()
     return instance
@@ -191,7 +201,7 @@ def send_message(
         payload=arguments,
     )
     if _enqueue(store, publisher, instance, uid) is Enqueued.TAKEN:
-        raise UidTaken(str(uid), f"Uid {uid} already exists. Assuming message duplication.")
+        raise message_uid_taken(str(uid))
     return instance
 
 

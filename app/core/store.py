@@ -23,7 +23,7 @@ from redis import Redis, WatchError
 
 from app.core import metrics
 from app.core.clock import from_timestamp
-from app.core.errors import NotFound, UidTaken
+from app.core.errors import NO_SUCH_UID, NotFound, UidTaken
 from app.core.keys import Keys
 from app.core.records import (
     DUE_FIELDS,
@@ -284,7 +284,7 @@ class Store:
         event_id = self.redis.hget(self.keys.uids(project_id), uid)
         event = self._events([event_id])[0] if event_id else None
         if event is None:
-            raise NotFound("Can not find scheduled event from the given UID")
+            raise NotFound(NO_SUCH_UID)
         return event
 
     def event_by_id(self, project_id: str, event_id: str) -> Event | None:
