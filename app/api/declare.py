@@ -46,6 +46,8 @@ class Dialect:
     common: Callable[[Settings], Mapping[str, Example]]
     alias_note: str
     security: tuple[Mapping[str, list[str]], ...]
+    title: str = ""  # the tag's description
+    about: str = ""  # a line of the document's introduction
 
 
 def _no_errors(settings: Settings) -> Mapping[str, Example]:
@@ -64,6 +66,7 @@ META = Dialect(
     common=_no_errors,
     alias_note="",
     security=({},),
+    title="Health, readiness, metrics and this document.",
 )
 
 

@@ -87,6 +87,10 @@ DIALECT = Dialect(
     alias_note="Alias: `POST /v.1.0/{name}.json`. Any HTTP method but POST answers 400 "
     '"Use POST with a JSON body.".',
     security=({"bearerAuth": []}, {}),
+    title="The PostageApp-compatible dialect.",
+    about="Messaging (PostageApp-compatible): `POST /v.1.1/<method>` with a JSON object "
+    "body; `POST /v.1.0/<method>.json` is an alias. The API key is the body's `api_key` or "
+    "a Bearer token.",
 )
 
 

@@ -28,21 +28,11 @@ bp = Blueprint("openapi", __name__)
 OPENAPI_VERSION = "3.0.3"
 EXTENSION = "sendbeat.openapi"
 JSON = "application/json"
-DESCRIPTION = (
-    "Two dialects over the same scheduled events (see docs/api.md).\n\n"
-    "* Messaging (PostageApp-compatible): `POST /v.1.1/<method>` with a JSON object body; "
-    "`POST /v.1.0/<method>.json` is an alias. The API key is the body's `api_key` or a "
-    "Bearer token.\n"
-    "* Schedules (Omni-compatible): `/api/unstable/schedules`, with `/api/v1/schedules` as "
-    "an alias; Bearer token only. `{scheduleId}` is the event's `id`.\n\n"
+INTRODUCTION = "Two dialects over the same scheduled events (see docs/api.md)."
+CLOSING = (
     "Another project's event is indistinguishable from a missing one (404). Every request "
     "field has a bound; docs/api.md lists them."
 )
-TAGS = [
-    {"name": "messaging", "description": "The PostageApp-compatible dialect."},
-    {"name": "schedules", "description": "The Omni-compatible dialect."},
-    {"name": "meta", "description": "Health, readiness, metrics and this document."},
-]
 BEARER = {
     "type": "http",
     "scheme": "bearer",
@@ -96,8 +86,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         version=_version(),
         openapi_version=OPENAPI_VERSION,
         plugins=[MarshmallowPlugin()],
-        info={"description": DESCRIPTION},
-        tags=TAGS,
+        info={"description": _description()},
+        tags=_tags(),
     )
     spec.components.security_scheme("bearerAuth", BEARER)
     paths: dict[str, list[Endpoint]] = defaultdict(list)
@@ -108,6 +98,17 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         operations = {e.method: _operation(spec, e, settings) for e in endpoints}
         spec.path(path=path, parameters=parameters, operations=operations)
     return spec.to_dict()
+
+
+def _tags() -> list[dict[str, str]]:
+    dialects = {e.dialect.tag: e.dialect.title for e in ENDPOINTS}
+    return [{"name": tag, "description": title} for tag, title in dialects.items()]
+
+
+def _description() -> str:
+    dialects = {e.dialect.tag: e.dialect.about for e in ENDPOINTS if e.dialect.about}
+    bullets = "\n".join(f"* {about}" for about in dialects.values())
+    return f"{INTRODUCTION}\n\n{bullets}\n\n{CLOSING}"
 
 
 def _operation(spec: APISpec, endpoint: Endpoint, settings: Settings) -> dict[str, Any]:

@@ -92,6 +92,9 @@ DIALECT = Dialect(
     alias_note="Alias: the same path under `/api/v1/schedules`. Any other HTTP method "
     'answers 400 "Invalid method".',
     security=({"bearerAuth": []},),
+    title="The Omni-compatible dialect.",
+    about="Schedules (Omni-compatible): `/api/unstable/schedules`, with `/api/v1/schedules` "
+    "as an alias; Bearer token only. `{scheduleId}` is the event's `id`.",
 )
 
 View = Callable[..., Response]

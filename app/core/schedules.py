@@ -344,6 +344,9 @@ def _meaning(text: str) -> _Meaning:
     return _Phrase(lowered, stripped).schedule()
 
 
+_FIRST_YEAR, _LAST_YEAR = 1970, 2999
+
+
 def _iso(when: str, original: str) -> _OneTime:
     try:
         moment = datetime.fromisoformat(when.upper())
@@ -352,6 +355,12 @@ def _iso(when: str, original: str) -> _OneTime:
             f"Invalid date '{original}': expected an ISO-8601 date or date-time such as "
             "2026-12-01, 2026-12-01 09:30:00 or 2026-12-01T09:30:00+01:00"
         ) from None
+    if not _FIRST_YEAR <= moment.year <= _LAST_YEAR:
+        # Also keeps every offset's conversion to UTC representable (year 9999 at -14:00
+        # is past datetime's last day).
+        raise InvalidSchedule(
+            f"Invalid date '{original}': the year must be from {_FIRST_YEAR} to {_LAST_YEAR}"
+        )
     if moment.tzinfo is not None:
         return _Instant(moment)
     return _LocalWall(moment)

@@ -3,6 +3,7 @@ with what the API really answers."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -348,3 +349,36 @@ def test_a_too_large_body_answers_as_documented(settings: Settings, store: Store
     assert response.status_code == 413
     documented = answers_as_documented(spec, "/v.1.1/send_message", "post", response)
     assert response.get_json() == example(documented, "too_large")
+
+
+def test_the_document_lists_exactly_the_routes_the_app_serves(
+    api: Api, spec: dict[str, Any]
+) -> None:
+    """From the app's URL map, independently of the declarations: every served path and
+    method is documented once (aliases folded onto their documented path), and nothing
+    is documented that is not served."""
+    app = api.client.application
+    served: set[tuple[str, str]] = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in ("static", "messaging.unknown"):
+            continue  # Flask's static files; the 404 for an unknown messaging method
+        path = rule.rule.replace("<schedule_id>", "{scheduleId}")
+        path = path.replace("/api/v1/schedules", BASE)
+        if path.startswith("/v.1.0/"):
+            path = "/v.1.1/" + path.removeprefix("/v.1.0/").removesuffix(".json")
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            served.add((path, method.lower()))
+    documented = {
+        (path, method)
+        for path, operations in spec["paths"].items()
+        for method in operations
+        if method in HTTP_METHODS
+    }
+    assert documented == served
+    assert {path for path, _ in served} >= {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+
+
+def test_openapi_module_has_no_path_of_its_own() -> None:
+    source = inspect.getsource(openapi)
+    for literal in ("/v.1.1", "/v.1.0", "/api/", "scheduleId", "send_message", "_event"):
+        assert literal not in source.replace('"/openapi.json"', ""), literal
