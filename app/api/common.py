@@ -54,6 +54,14 @@ class TooLarge(SendbeatError):
         super().__init__(f"The posted content is larger than {limit} bytes.")
 
 
+class RateLimited(SendbeatError):
+    """Raised when a key (or an address without one) spent its budget of requests
+    (``SENDBEAT_RATE_LIMIT_*``); ``Retry-After`` says when to try again."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class InvalidMethod(ValidationError):
     """Raised when a known path is called with an HTTP method it does not take (400, as
     both dialects' pages answer, not 405)."""

@@ -17,8 +17,7 @@ from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 
 from app.api import messaging, schedules
-from app.api.common import bearer_token, peek_json_body
-from app.core.errors import SendbeatError
+from app.api.common import RateLimited, bearer_token, peek_json_body
 from app.core.keys import Keys
 from app.core.settings import Settings
 from app.core.store import key_digest
@@ -67,13 +66,6 @@ def _body_key() -> str | None:
     body = peek_json_body()
     key = body.get("api_key") if isinstance(body, dict) else None
     return key if isinstance(key, str) and key else None
-
-
-class RateLimited(SendbeatError):
-    """Raised when a key (or an address without one) spent its budget of requests."""
-
-    status = 429
-    code = "rate_limited"
 
 
 def rate_limited(exc: RateLimitExceeded) -> Response:

@@ -22,6 +22,7 @@ from app.api.common import (
     InvalidJson,
     InvalidUtf8,
     NoSuchPath,
+    RateLimited,
     TooLarge,
     authenticate,
     flatten_errors,
@@ -75,6 +76,7 @@ def _common(settings: Settings) -> Mapping[str, Example]:
         "invalid_json": example(InvalidJson()),
         "invalid_utf8": example(InvalidUtf8()),
         "too_large": example(TooLarge(settings.max_body_bytes)),
+        "rate_limited": example(RateLimited("Rate limit exceeded: 60 per 1 minute")),
         "internal": example(Internal()),
     }
 

@@ -21,6 +21,7 @@ from app.api.common import (
     UNAUTHORIZED,
     Internal,
     InvalidMethod,
+    RateLimited,
     authenticate,
     flatten_errors,
     services,
@@ -80,6 +81,7 @@ def _common(settings: Settings) -> Mapping[str, Example]:
     return {
         "unauthorized": example(Unauthorized(UNAUTHORIZED)),
         "invalid_method": example(InvalidMethod("Invalid method")),
+        "rate_limited": example(RateLimited("Rate limit exceeded: 60 per 1 minute")),
         "internal": example(Internal()),
     }
 

@@ -196,6 +196,7 @@ MESSAGING_ERROR_CODES = [
     "invalid_utf8",
     "conflict",
     "too_large",
+    "rate_limited",
     "internal_error",
 ]
 SCIM_ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"
