@@ -382,3 +382,26 @@ def test_openapi_module_has_no_path_of_its_own() -> None:
     source = inspect.getsource(openapi)
     for literal in ("/v.1.1", "/v.1.0", "/api/", "scheduleId", "send_message", "_event"):
         assert literal not in source.replace('"/openapi.json"', ""), literal
+
+
+def test_a_rate_limited_answer_is_documented(settings: Settings, store: Store) -> None:
+    app = create_app(
+        settings.with_(rate_limit_messaging="1/minute", rate_limit_schedules="1/minute"),
+        store=store,
+    )
+    client = app.test_client()
+    spec = client.get("/openapi.json").get_json()
+    _, key = store.create_project("limited", 0)
+    auth = {"Authorization": f"Bearer {key}"}
+    for path, method, call in [
+        (
+            "/v.1.1/list_scheduled_events",
+            "post",
+            lambda: client.post("/v.1.1/list_scheduled_events", json={"api_key": key}),
+        ),
+        (BASE, "get", lambda: client.get(BASE, headers=auth)),
+    ]:
+        assert call().status_code == 200
+        limited = call()
+        assert limited.status_code == 429
+        answers_as_documented(spec, path, method, limited)
