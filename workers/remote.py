@@ -28,7 +28,7 @@ import yaml
 from requests.adapters import HTTPAdapter
 
 from app.core.errors import PermanentDeliveryError, TransientDeliveryError
-from app.core.message import is_ref, ref_format, ref_problems, ref_type
+from app.core.message import MAX_DEPTH, deeper_than, is_ref, ref_format, ref_problems, ref_type
 from app.core.settings import Settings
 
 USER_AGENT = "sendbeat (remote content)"
@@ -62,11 +62,26 @@ def resolve_refs(
     """
     headers = dict(session.headers) if session is not None else {}
     fetched: dict[tuple[str, str, str, str], object] = {}
+    counted = {"refs": 0, "bytes": 0}  # over the whole message
 
     def fetch(ref: Mapping[str, Any]) -> object:
+        counted["refs"] += 1
+        if counted["refs"] > settings.max_refs:
+            raise PermanentDeliveryError(
+                f"$ref {ref['$ref']} refused: the message has more than {settings.max_refs}"
+                " $refs (SENDBEAT_MAX_REFS)"
+            )
         key = (ref["$ref"], ref.get("$method", "GET"), ref_type(ref), ref_format(ref))
         if key not in fetched:  # the same reference twice in one message is fetched once
-            fetched[key] = fetch_ref(ref, settings=settings, headers=headers)
+            body = fetch_body(ref, settings=settings, headers=headers)
+            counted["bytes"] += len(body)
+            if counted["bytes"] > settings.ref_max_total_bytes:
+                raise PermanentDeliveryError(
+                    f"$ref {ref['$ref']} refused: the message's remote content is more than"
+                    f" {settings.ref_max_total_bytes:,} bytes in all"
+                    " (SENDBEAT_REF_MAX_TOTAL_BYTES)"
+                )
+            fetched[key] = decode(body, ref_format(ref), ref["$ref"])
         return copy.deepcopy(fetched[key])
 
     return _replace_refs(value, fetch)
@@ -86,14 +101,20 @@ def fetch_ref(
     ref: Mapping[str, Any], *, settings: Settings, headers: Mapping[str, str | bytes] | None = None
 ) -> object:
     """Fetch one ``$ref`` and turn its body into a value (parsed data or base64 text)."""
+    body = fetch_body(ref, settings=settings, headers=headers)
+    return decode(body, ref_format(ref), ref["$ref"])
+
+
+def fetch_body(
+    ref: Mapping[str, Any], *, settings: Settings, headers: Mapping[str, str | bytes] | None = None
+) -> bytes:
+    """The body one ``$ref`` points to, as fetched."""
     url = ref.get("$ref")
     problems = list(ref_problems(ref, "$ref"))
     if problems:
         raise PermanentDeliveryError(f"$ref {url} refused: {problems[0]}")
     assert isinstance(url, str)
-    accept = ref_type(ref)
-    body = download(url, ref.get("$method", "GET"), accept, settings, headers or {})
-    return decode(body, ref_format(ref), url)
+    return download(url, ref.get("$method", "GET"), ref_type(ref), settings, headers or {})
 
 
 # --- fetching -----------------------------------------------------------------------
@@ -266,11 +287,16 @@ def decode(body: bytes, form: str, url: str) -> object:
         return base64.b64encode(body).decode("ascii")
     parser = {"json": _parse_json, "yaml": _parse_yaml, "csv": _parse_csv}[form]
     try:
-        return parser(body)
+        value = parser(body)
     except (ValueError, yaml.YAMLError, csv.Error, RecursionError) as error:
         raise PermanentDeliveryError(
             f"$ref {url} refused: not valid {form.upper()}: {error}"
         ) from None
+    if deeper_than(value, MAX_DEPTH):  # copying or walking it would recurse too deep
+        raise PermanentDeliveryError(
+            f"$ref {url} refused: nested more than {MAX_DEPTH} levels deep"
+        )
+    return value
 
 
 def _parse_json(body: bytes) -> object:

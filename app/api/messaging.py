@@ -182,7 +182,7 @@ def update_scheduled_event(body: dict[str, Any], project_id: str) -> Response:
     data = load(UpdateBody(), body)
     svc = services()
     event = svc.store.event_by_uid(project_id, data["uid"])
-    event = update_event(svc.store, event, data["changes"])
+    event = update_event(svc.store, event, data["changes"], limits=svc.defaults.limits)
     # PostageApp answers the schedule as "frequency" too.
     return ok(event.uid, {**event.record(), "frequency": event.schedule})
 
@@ -217,5 +217,8 @@ def list_scheduled_events(body: dict[str, Any], project_id: str) -> Response:
 def send_message(body: dict[str, Any], project_id: str) -> Response:
     data = load(SendBody(), body)
     svc = services()
-    instance = queue_message(svc.store, svc.publisher, project_id, data["arguments"], data["uid"])
+    arguments, limits = data["arguments"], svc.defaults.limits
+    instance = queue_message(
+        svc.store, svc.publisher, project_id, arguments, data["uid"], limits=limits
+    )
     return ok(data["uid"], {"message": {"id": instance.id, "status": instance.status}})

@@ -365,3 +365,39 @@ def test_a_malformed_ref_is_permanent() -> None:
         "$ref https://x.example/a.png refused: $ref: $type image/png is raw bytes,"
         ' so it needs "$encode": "base64"'
     )
+
+
+# --- per-message bounds (issue 9) ----------------------------------------------------
+
+
+def test_a_message_fetches_at_most_its_total_of_remote_content(server: Server) -> None:
+    # 32 bytes each, 64 in all; the same one again is not fetched, nor counted, twice.
+    refs = [ref(server, "/data.json"), ref(server, "/data.yaml", **{"$type": "text/yaml"})]
+    refs.append(ref(server, "/data.json"))
+    assert resolve_refs(refs, settings=SETTINGS.with_(ref_max_total_bytes=64))
+    with pytest.raises(PermanentDeliveryError) as caught:
+        resolve_refs(refs, settings=SETTINGS.with_(ref_max_total_bytes=63))
+    assert caught.value.message.endswith(
+        "refused: the message's remote content is more than 63 bytes in all"
+        " (SENDBEAT_REF_MAX_TOTAL_BYTES)"
+    )
+
+
+def test_a_message_resolves_at_most_its_number_of_refs(server: Server) -> None:
+    three = [ref(server, "/data.json")] * 3
+    assert resolve_refs(three, settings=SETTINGS.with_(max_refs=3))
+    with pytest.raises(PermanentDeliveryError) as caught:
+        resolve_refs(three, settings=SETTINGS.with_(max_refs=2))
+    assert caught.value.message == (
+        f"$ref {server.base}/data.json refused: the message has more than 2 $refs"
+        " (SENDBEAT_MAX_REFS)"
+    )
+
+
+def test_deeply_nested_remote_content_is_refused_before_it_is_copied() -> None:
+    deep = b"[" * 900 + b"]" * 900  # json.loads takes it; deepcopy would recurse too deep
+    with pytest.raises(PermanentDeliveryError) as caught:
+        remote.decode(deep, "json", "https://x.io/deep")
+    assert caught.value.message == (
+        "$ref https://x.io/deep refused: nested more than 100 levels deep"
+    )
