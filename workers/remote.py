@@ -44,6 +44,8 @@ _REFUSED_KINDS = (
     ("is_private", "a private"),
     ("is_reserved", "a reserved"),
 )
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052, the IPv4 in the last 32 bits
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215
 _PERMANENT_REQUEST_ERRORS = (
     requests.exceptions.ContentDecodingError,
     requests.exceptions.InvalidURL,
@@ -220,8 +222,45 @@ def pinned_address(host: str, port: int, url: str, settings: Settings) -> str:
 def refusal(address: str) -> str | None:
     """Why ``address`` may not be fetched from (e.g. "a private"), or None when it is public."""
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    if isinstance(ip, ipaddress.IPv6Address):
+        return _ipv6_refusal(ip)
+    return _kind(ip)
+
+
+def _ipv6_refusal(ip: ipaddress.IPv6Address) -> str | None:
+    """IPv6 forms that carry an IPv4 address reach that address (through a translator,
+    a relay or the host's own stack), so they are judged by it: decided here rather
+    than left to ``ipaddress``, whose view of these ranges differs between Pythons."""
+    if ip.ipv4_mapped is not None:
+        return _kind(ip.ipv4_mapped)  # ::ffff:10.0.0.1 is 10.0.0.1
+    if ip in _NAT64_LOCAL:  # where the IPv4 sits depends on the operator's prefix length
+        return "a local-use NAT64 (64:ff9b:1::/48)"
+    if ip.teredo is not None:  # a dead tunnel: nothing public is served from one
+        for inner in ip.teredo:  # (server, client), the client's bits already unflipped
+            kind = _kind(inner)
+            if kind:
+                return f"a Teredo address for {inner}, {kind}"
+        return "a Teredo (2001::/32)"
+    if int(ip) >> 32 == 0 and int(ip) > 1:  # ::10.0.0.1 (:: and ::1 are judged below)
+        inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        kind = _kind(inner)
+        deprecated = "an IPv4-compatible (deprecated)"
+        return f"{deprecated} address for {inner}, {kind}" if kind else deprecated
+    if ip.sixtofour is not None:
+        return _embedding("6to4", ip.sixtofour)
+    if ip in _NAT64:
+        return _embedding("NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return _kind(ip)
+
+
+def _embedding(form: str, inner: ipaddress.IPv4Address) -> str | None:
+    """A 6to4 or NAT64 address is refused when its IPv4 is; a public one is allowed, as
+    IPv6-only networks reach every IPv4 site through NAT64 (DNS64 answers such names)."""
+    kind = _kind(inner)
+    return f"a {form} address for {inner}, {kind}" if kind else None
+
+
+def _kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     for attribute, kind in _REFUSED_KINDS:
         if getattr(ip, attribute):
             return kind

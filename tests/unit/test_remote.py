@@ -401,3 +401,52 @@ def test_deeply_nested_remote_content_is_refused_before_it_is_copied() -> None:
     assert caught.value.message == (
         "$ref https://x.io/deep refused: nested more than 100 levels deep"
     )
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        # 6to4 (2002::/16): the IPv4 in bits 16-48
+        ("2002:a00:1::1", "a 6to4 address for 10.0.0.1, a private"),
+        ("2002:7f00:1::", "a 6to4 address for 127.0.0.1, a loopback"),
+        ("2002:a9fe:a9fe::", "a 6to4 address for 169.254.169.254, a link-local"),
+        ("2002:5db8:d70e::1", None),  # a public IPv4: reachable anyway, allowed
+        # NAT64, the well-known prefix (64:ff9b::/96): the IPv4 in the last 32 bits
+        ("64:ff9b::10.0.0.1", "a NAT64 address for 10.0.0.1, a private"),
+        ("64:ff9b::a9fe:a9fe", "a NAT64 address for 169.254.169.254, a link-local"),
+        ("64:ff9b::93.184.215.14", None),  # how an IPv6-only network reaches a site
+        # NAT64, local use (64:ff9b:1::/48): always refused
+        ("64:ff9b:1::10.0.0.1", "a local-use NAT64 (64:ff9b:1::/48)"),
+        ("64:ff9b:1::5db8:d70e", "a local-use NAT64 (64:ff9b:1::/48)"),
+        # Teredo (2001::/32): server IPv4 in bits 32-64, client IPv4 flipped in the last 32
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "a Teredo address for 10.0.0.1, a private"),
+        ("2001:0:a00:1:8000:63bf:a247:28f1", "a Teredo address for 10.0.0.1, a private"),
+        ("2001:0:4136:e378:8000:63bf:a247:28f1", "a Teredo (2001::/32)"),
+        # IPv4-mapped (::ffff:0:0/96), as before
+        ("::ffff:10.0.0.1", "a private"),
+        ("::ffff:93.184.215.14", None),
+        # IPv4-compatible (::/96, deprecated): always refused
+        ("::10.0.0.1", "an IPv4-compatible (deprecated) address for 10.0.0.1, a private"),
+        ("::93.184.215.14", "an IPv4-compatible (deprecated)"),
+        ("::", "an unspecified"),
+        ("::1", "a loopback"),
+    ],
+)
+def test_ipv6_addresses_that_embed_an_ipv4_are_judged_by_it(address: str, kind: str | None) -> None:
+    assert remote.refusal(address) == kind
+
+
+def test_a_host_resolving_to_a_6to4_private_address_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def resolve(host: str, port: int, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2002:a00:1::1", port, 0, 0))]
+
+    monkeypatch.setattr(remote.socket, "getaddrinfo", resolve)
+    strict = SETTINGS.with_(allow_private_refs=False)
+    with pytest.raises(PermanentDeliveryError) as caught:
+        remote.pinned_address("sneaky.example", 80, "http://sneaky.example/x", strict)
+    assert caught.value.message == (
+        "$ref http://sneaky.example/x refused: 2002:a00:1::1 is a 6to4 address for 10.0.0.1,"
+        " a private address (set SENDBEAT_ALLOW_PRIVATE_REFS=1 to allow)"
+    )
