@@ -532,6 +532,15 @@ def test_a_header_value_longer_than_8192_characters_is_refused() -> None:
     ]
 
 
+def test_all_headers_together_are_capped() -> None:
+    headers = {"from": "s@example.com", "X-A": "é" * 8000, "X-B": "é" * 8000}
+    validate_arguments(arguments(headers=headers))  # 16,023 characters
+    assert problems(arguments(headers={**headers, "X-C": "é" * 400})) == [
+        "arguments.headers: the header names and values come to 16,426 characters;"
+        " at most 16,384 are allowed"
+    ]
+
+
 def test_placeholder_amplification_is_refused_without_rendering() -> None:
     # A 25 KB request that would render 30 MB: refused by arithmetic, in milliseconds.
     value = arguments(content={"text/plain": "{{a}}" * 3000}, variables={"a": "x" * 10_000})
