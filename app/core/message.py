@@ -20,7 +20,7 @@ import json
 import mimetypes
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
@@ -101,6 +101,10 @@ MAX_HEADERS_CHARS = 16384
 MAX_FILENAME_CHARS = 255  # what file systems store
 MAX_URL_CHARS = 2048
 MAX_DEPTH = 100  # nesting of any JSON value in the arguments
+# Values in all the arguments (what every object and array holds): more than any message
+# within the other bounds needs, and few enough to walk in milliseconds.
+MAX_VALUES = 100_000
+MAX_ATTACHMENTS = 100
 MESSAGE_OVERHEAD = 1024  # bytes the estimate adds for Date, Message-ID, MIME headers
 
 
@@ -286,39 +290,47 @@ def validate_arguments(
             raise InvalidMessage(problems[0], problems)
 
 
-Trail = tuple[Any, str]  # (the parent's trail or None, this step of the path)
+Trail = tuple[Any, object]  # (the parent's trail or None, the key or index of this step)
 
 
 def _structure_problems(value: object, path: str, limits: MessageLimits) -> Iterator[str]:
     """Nesting, lone surrogates and the $ref count, in one pass without recursion, so
-    that nothing after it meets a value it cannot walk, encode or afford to fetch."""
-    refs = 0
-    stack: list[tuple[object, int, Trail]] = [(value, 0, (None, path))]
+    that nothing after it meets a value it cannot walk, encode or afford to fetch.
+    Scalars are checked where they are met; only containers are stacked."""
+    refs = values = 0
+    stack: list[tuple[Any, int, Trail]] = [(value, 0, (None, path))]
     while stack:
         item, depth, trail = stack.pop()
-        if isinstance(item, str):
-            bad = _SURROGATE.search(item)
-            if bad:
-                yield f"{_path(trail)}: {_surrogate(bad.group())}"
-            continue
         if not isinstance(item, (dict, list)):
             continue
         if depth >= MAX_DEPTH:
             yield f"{_path(trail)}: is nested more than {MAX_DEPTH} levels deep"
             return
-        refs += is_ref(item)
-        if isinstance(item, dict):
-            children = [(child, (trail, f".{_printable(key)}")) for key, child in item.items()]
-            yield from (
-                f"{_path(trail)}: the name '{_printable(key)}' {_surrogate(bad.group())}"
-                for key in item
-                if isinstance(key, str) and (bad := _SURROGATE.search(key))
+        values += len(item)
+        if values > MAX_VALUES:
+            yield (
+                f"{path}: holds more than {MAX_VALUES:,} values in all (the members of its"
+                " objects and arrays, at every level)"
             )
+            return
+        if isinstance(item, dict):
+            refs += "$ref" in item
+            pairs: Iterable[tuple[Any, object]] = item.items()
         else:
-            children = [(child, (trail, f"[{index}]")) for index, child in enumerate(item)]
-        stack.extend((child, depth + 1, step) for child, step in reversed(children))
+            pairs = enumerate(item)
+        for key, child in pairs:
+            if isinstance(key, str) and (bad := _SURROGATE.search(key)):
+                yield f"{_path(trail)}: the name '{_printable(key)}' {_surrogate(bad.group())}"
+            elif isinstance(child, str) and (bad := _SURROGATE.search(child)):
+                yield f"{_path((trail, key))}: {_surrogate(bad.group())}"
+            elif isinstance(child, (dict, list)):
+                stack.append((child, depth + 1, (trail, key)))
     if refs > limits.max_refs:
         yield f"{path}: has {refs} $refs; the limit is SENDBEAT_MAX_REFS = {limits.max_refs}"
+
+
+def _step(key: object) -> str:
+    return f"[{key}]" if isinstance(key, int) else f".{_printable(key)}"
 
 
 def deeper_than(value: object, levels: int) -> bool:
@@ -336,11 +348,13 @@ def deeper_than(value: object, levels: int) -> bool:
 
 
 def _path(trail: Trail) -> str:
-    steps: list[str] = []
+    """The path a trail of keys spells, from its root (the path validation began at)."""
+    keys: list[object] = []
     while trail is not None:
-        trail, step = trail
-        steps.append(step)
-    return "".join(reversed(steps))
+        trail, key = trail
+        keys.append(key)
+    root, *steps = reversed(keys)
+    return str(root) + "".join(_step(key) for key in steps)
 
 
 def _surrogate(char: str) -> str:
@@ -524,6 +538,9 @@ def _content_problems(value: object, path: str) -> Iterator[str]:
 def _attachments_problems(value: object, path: str) -> Iterator[str]:
     if not isinstance(value, dict):
         yield f"{path}: must be an object mapping file names to attachments"
+        return
+    if len(value) > MAX_ATTACHMENTS:
+        yield f"{path}: has {len(value):,} attachments; at most {MAX_ATTACHMENTS} are allowed"
         return
     for filename, attachment in value.items():
         where = f"{path}.{filename}"

@@ -525,6 +525,25 @@ def test_deep_nesting_is_refused_without_recursion() -> None:
     ]
 
 
+def test_a_huge_number_of_values_is_refused_before_it_is_all_walked() -> None:
+    many = arguments(variables={"rows": [{}] * 3_000_000})  # ~10 MB as JSON
+    started = time.perf_counter()
+    assert problems(many) == [
+        "arguments: holds more than 100,000 values in all (the members of its objects and"
+        " arrays, at every level)"
+    ]
+    assert time.perf_counter() - started < 0.5
+
+
+def test_attachments_are_counted() -> None:
+    files = {f"f{i}.txt": {"content": ""} for i in range(101)}
+    assert problems(arguments(attachments=files)) == [
+        "arguments.attachments: has 101 attachments; at most 100 are allowed"
+    ]
+    del files["f0.txt"]
+    validate_arguments(arguments(attachments=files))
+
+
 def test_a_header_value_longer_than_8192_characters_is_refused() -> None:
     headers = {"from": "s@example.com", "X-Long": "x" * 8193}
     assert problems(arguments(headers=headers)) == [
