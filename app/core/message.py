@@ -294,9 +294,10 @@ Trail = tuple[Any, object]  # (the parent's trail or None, the key or index of t
 
 
 def _structure_problems(value: object, path: str, limits: MessageLimits) -> Iterator[str]:
-    """Nesting, lone surrogates and the $ref count, in one pass without recursion, so
-    that nothing after it meets a value it cannot walk, encode or afford to fetch.
-    Scalars are checked where they are met; only containers are stacked."""
+    """Nesting, the number of values, lone surrogates and the $ref count, in one pass
+    without recursion, so that nothing after it meets a value it cannot walk, encode or
+    afford to fetch. Scalars are checked where they are met; only containers are
+    stacked, and a path is spelled only for an error."""
     refs = values = 0
     stack: list[tuple[Any, int, Trail]] = [(value, 0, (None, path))]
     while stack:
