@@ -648,21 +648,22 @@ class _Sizes:
         )
         self.fixed = MESSAGE_OVERHEAD + sum(other_headers) + sum(encoded)
         self.shared = {name: _as_text(shared[name]) for name in self.names if name in shared}
+        self.shared_chars = {name: len(text) for name, text in self.shared.items()}
+        self.shared_bytes = {name: _utf8(text) for name, text in self.shared.items()}
 
     def texts(self, own: Mapping[str, Any]) -> dict[str, str]:
-        """The text of each placeholder name for a recipient with variables ``own``."""
-        texts = dict(self.shared)
-        texts.update((name, _as_text(own[name])) for name in self.names.intersection(own))
-        return texts
+        """The recipient's own text for each placeholder name it overrides."""
+        return {name: _as_text(own[name]) for name in self.names.intersection(own)}
 
-    def subject_problem(self, recipient: Address, texts: Mapping[str, str]) -> str | None:
-        """What is wrong with the subject these texts make, or None."""
+    def subject_problem(self, recipient: Address, own: Mapping[str, str]) -> str | None:
+        """What is wrong with the subject of a recipient with texts ``own``, or None."""
         after = f"after substituting the variables for {recipient.addr_spec}"
         for name in self.subject_chars.uses:
-            line_break = _line_break(texts.get(name, ""))
+            line_break = _line_break(own.get(name, self.shared.get(name, "")))
             if line_break:
                 return f"contains {line_break} {after}"
-        length = self.subject_chars.length({name: len(text) for name, text in texts.items()})
+        chars = {**self.shared_chars, **{name: len(text) for name, text in own.items()}}
+        length = self.subject_chars.length(chars)
         if length > MAX_HEADER_CHARS:
             return (
                 f"is {length:,} characters {after}; a header value may have at most"
@@ -670,8 +671,8 @@ class _Sizes:
             )
         return None
 
-    def message_bytes(self, recipient: Address, texts: Mapping[str, str]) -> int:
-        octets = {name: _utf8(text) for name, text in texts.items()}
+    def message_bytes(self, recipient: Address, own: Mapping[str, str]) -> int:
+        octets = {**self.shared_bytes, **{name: _utf8(text) for name, text in own.items()}}
         body = sum(template.length(octets) for template in self.templates)
         return self.fixed + _utf8(str(recipient)) + body
 
