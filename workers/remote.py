@@ -28,7 +28,7 @@ import yaml
 from requests.adapters import HTTPAdapter
 
 from app.core.errors import PermanentDeliveryError, TransientDeliveryError
-from app.core.message import is_ref, ref_format, ref_problems, ref_type
+from app.core.message import MAX_DEPTH, deeper_than, is_ref, ref_format, ref_problems, ref_type
 from app.core.settings import Settings
 
 USER_AGENT = "sendbeat (remote content)"
@@ -44,6 +44,8 @@ _REFUSED_KINDS = (
     ("is_private", "a private"),
     ("is_reserved", "a reserved"),
 )
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052, the IPv4 in the last 32 bits
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215
 _PERMANENT_REQUEST_ERRORS = (
     requests.exceptions.ContentDecodingError,
     requests.exceptions.InvalidURL,
@@ -62,11 +64,26 @@ def resolve_refs(
     """
     headers = dict(session.headers) if session is not None else {}
     fetched: dict[tuple[str, str, str, str], object] = {}
+    counted = {"refs": 0, "bytes": 0}  # over the whole message
 
     def fetch(ref: Mapping[str, Any]) -> object:
+        counted["refs"] += 1
+        if counted["refs"] > settings.max_refs:
+            raise PermanentDeliveryError(
+                f"$ref {ref['$ref']} refused: the message has more than {settings.max_refs}"
+                " $refs (SENDBEAT_MAX_REFS)"
+            )
         key = (ref["$ref"], ref.get("$method", "GET"), ref_type(ref), ref_format(ref))
         if key not in fetched:  # the same reference twice in one message is fetched once
-            fetched[key] = fetch_ref(ref, settings=settings, headers=headers)
+            body = fetch_body(ref, settings=settings, headers=headers)
+            counted["bytes"] += len(body)
+            if counted["bytes"] > settings.ref_max_total_bytes:
+                raise PermanentDeliveryError(
+                    f"$ref {ref['$ref']} refused: the message's remote content is more than"
+                    f" {settings.ref_max_total_bytes:,} bytes in all"
+                    " (SENDBEAT_REF_MAX_TOTAL_BYTES)"
+                )
+            fetched[key] = decode(body, ref_format(ref), ref["$ref"])
         return copy.deepcopy(fetched[key])
 
     return _replace_refs(value, fetch)
@@ -86,14 +103,20 @@ def fetch_ref(
     ref: Mapping[str, Any], *, settings: Settings, headers: Mapping[str, str | bytes] | None = None
 ) -> object:
     """Fetch one ``$ref`` and turn its body into a value (parsed data or base64 text)."""
+    body = fetch_body(ref, settings=settings, headers=headers)
+    return decode(body, ref_format(ref), ref["$ref"])
+
+
+def fetch_body(
+    ref: Mapping[str, Any], *, settings: Settings, headers: Mapping[str, str | bytes] | None = None
+) -> bytes:
+    """The body one ``$ref`` points to, as fetched."""
     url = ref.get("$ref")
     problems = list(ref_problems(ref, "$ref"))
     if problems:
         raise PermanentDeliveryError(f"$ref {url} refused: {problems[0]}")
     assert isinstance(url, str)
-    accept = ref_type(ref)
-    body = download(url, ref.get("$method", "GET"), accept, settings, headers or {})
-    return decode(body, ref_format(ref), url)
+    return download(url, ref.get("$method", "GET"), ref_type(ref), settings, headers or {})
 
 
 # --- fetching -----------------------------------------------------------------------
@@ -199,8 +222,45 @@ def pinned_address(host: str, port: int, url: str, settings: Settings) -> str:
 def refusal(address: str) -> str | None:
     """Why ``address`` may not be fetched from (e.g. "a private"), or None when it is public."""
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    if isinstance(ip, ipaddress.IPv6Address):
+        return _ipv6_refusal(ip)
+    return _kind(ip)
+
+
+def _ipv6_refusal(ip: ipaddress.IPv6Address) -> str | None:
+    """IPv6 forms that carry an IPv4 address reach that address (through a translator,
+    a relay or the host's own stack), so they are judged by it: decided here rather
+    than left to ``ipaddress``, whose view of these ranges differs between Pythons."""
+    if ip.ipv4_mapped is not None:
+        return _kind(ip.ipv4_mapped)  # ::ffff:10.0.0.1 is 10.0.0.1
+    if ip in _NAT64_LOCAL:  # where the IPv4 sits depends on the operator's prefix length
+        return "a local-use NAT64 (64:ff9b:1::/48)"
+    if ip.teredo is not None:  # a dead tunnel: nothing public is served from one
+        for inner in ip.teredo:  # (server, client), the client's bits already unflipped
+            kind = _kind(inner)
+            if kind:
+                return f"a Teredo address for {inner}, {kind}"
+        return "a Teredo (2001::/32)"
+    if int(ip) >> 32 == 0 and int(ip) > 1:  # ::10.0.0.1 (:: and ::1 are judged below)
+        inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        kind = _kind(inner)
+        deprecated = "an IPv4-compatible (deprecated)"
+        return f"{deprecated} address for {inner}, {kind}" if kind else deprecated
+    if ip.sixtofour is not None:
+        return _embedding("6to4", ip.sixtofour)
+    if ip in _NAT64:
+        return _embedding("NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return _kind(ip)
+
+
+def _embedding(form: str, inner: ipaddress.IPv4Address) -> str | None:
+    """A 6to4 or NAT64 address is refused when its IPv4 is; a public one is allowed, as
+    IPv6-only networks reach every IPv4 site through NAT64 (DNS64 answers such names)."""
+    kind = _kind(inner)
+    return f"a {form} address for {inner}, {kind}" if kind else None
+
+
+def _kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     for attribute, kind in _REFUSED_KINDS:
         if getattr(ip, attribute):
             return kind
@@ -266,11 +326,16 @@ def decode(body: bytes, form: str, url: str) -> object:
         return base64.b64encode(body).decode("ascii")
     parser = {"json": _parse_json, "yaml": _parse_yaml, "csv": _parse_csv}[form]
     try:
-        return parser(body)
+        value = parser(body)
     except (ValueError, yaml.YAMLError, csv.Error, RecursionError) as error:
         raise PermanentDeliveryError(
             f"$ref {url} refused: not valid {form.upper()}: {error}"
         ) from None
+    if deeper_than(value, MAX_DEPTH):  # copying or walking it would recurse too deep
+        raise PermanentDeliveryError(
+            f"$ref {url} refused: nested more than {MAX_DEPTH} levels deep"
+        )
+    return value
 
 
 def _parse_json(body: bytes) -> object:

@@ -266,8 +266,14 @@ def _deliver(
     resolved = resolve_refs(arguments, settings=settings)
     if not isinstance(resolved, dict):
         raise InvalidMessage("arguments: expected an object")
+    # Built one copy at a time, as each is sent: one message in memory, whatever the
+    # number of recipients. Everything a copy could fail on is checked before the first.
     envelopes = render(
-        resolved, now=attempt.store.now(), mail_domain=settings.mail_domain, instance_id=instance.id
+        resolved,
+        now=attempt.store.now(),
+        mail_domain=settings.mail_domain,
+        instance_id=instance.id,
+        limits=settings.message_limits,
     )
     for envelope in envelopes:
         if envelope.recipient in instance.delivered:

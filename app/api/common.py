@@ -89,7 +89,10 @@ class Services:
 
     @property
     def defaults(self) -> Defaults:
-        return Defaults(self.settings.default_catchup_window, self.settings.default_retries)
+        settings = self.settings
+        return Defaults(
+            settings.default_catchup_window, settings.default_retries, settings.message_limits
+        )
 
 
 def services() -> Services:

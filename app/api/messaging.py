@@ -203,7 +203,10 @@ _UNKNOWN_UID = {"not_found": example(NotFound(NO_SUCH_UID), "x")}
 )
 def send_message(data: dict[str, Any], project_id: str) -> Response:
     svc = services()
-    instance = queue_message(svc.store, svc.publisher, project_id, data["arguments"], data["uid"])
+    arguments, limits = data["arguments"], svc.defaults.limits
+    instance = queue_message(
+        svc.store, svc.publisher, project_id, arguments, data["uid"], limits=limits
+    )
     return ok(data["uid"], {"message": {"id": instance.id, "status": instance.status}})
 
 
@@ -299,7 +302,7 @@ def list_scheduled_event_instances(data: dict[str, Any], project_id: str) -> Res
 def update_scheduled_event(data: dict[str, Any], project_id: str) -> Response:
     svc = services()
     event = svc.store.event_by_uid(project_id, data["uid"])
-    event = update_event(svc.store, event, data["changes"])
+    event = update_event(svc.store, event, data["changes"], limits=svc.defaults.limits)
     # PostageApp answers the schedule as "frequency" too.
     return ok(event.uid, {**event.record(), "frequency": event.schedule})
 

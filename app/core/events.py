@@ -23,7 +23,7 @@ from app.core.errors import (
     UidTaken,
     ValidationError,
 )
-from app.core.message import validate_arguments
+from app.core.message import DEFAULT_LIMITS, MessageLimits, validate_arguments
 from app.core.publisher import Publisher
 from app.core.records import Event, Instance, InstanceStatus, new_id
 from app.core.schedules import Schedule, parse_schedule
@@ -48,6 +48,7 @@ class EventSpec:
 class Defaults:
     catchup_window: int = 300
     retries: int = 5
+    limits: MessageLimits = DEFAULT_LIMITS  # of the events' send_message arguments
 
 
 @dataclass
@@ -99,7 +100,9 @@ def build_event(
         field_name = "timezone" if "timezone" in exc.message.lower() else "schedule"
         errors.append(f"{field_name}: {exc.message}")
     try:
-        validate_arguments(spec.metadata.get("arguments"), path="metadata.arguments")
+        validate_arguments(
+            spec.metadata.get("arguments"), path="metadata.arguments", limits=defaults.limits
+        )
     except ValidationError as exc:
         errors.extend(exc.errors)
     if errors or schedule is None:
@@ -188,9 +191,11 @@ def send_message(
     project_id: str,
     arguments: dict[str, Any],
     uid: str | None,
+    *,
+    limits: MessageLimits = DEFAULT_LIMITS,
 ) -> Instance:
     """Queue one immediate message (trigger ``api``); a reused uid is refused."""
-    validate_arguments(arguments)
+    validate_arguments(arguments, limits=limits)
     instance = Instance(
         id=new_id(),
         project_id=project_id,
@@ -241,9 +246,11 @@ class EventChanges:
     retries: int | None = None
 
 
-def update_event(store: Store, event: Event, changes: EventChanges) -> Event:
+def update_event(
+    store: Store, event: Event, changes: EventChanges, *, limits: MessageLimits = DEFAULT_LIMITS
+) -> Event:
     """Apply the changes; a new schedule or timezone recomputes the next run."""
-    return _edit(store, event, lambda current: _changed(current, changes, store.now()))
+    return _edit(store, event, lambda current: _changed(current, changes, store.now(), limits))
 
 
 def set_paused(store: Store, event: Event, paused: bool) -> Event:
@@ -266,7 +273,7 @@ def _edit(store: Store, event: Event, decide: Callable[[Event], Edit]) -> Event:
     return updated
 
 
-def _changed(event: Event, changes: EventChanges, now: datetime) -> Edit:
+def _changed(event: Event, changes: EventChanges, now: datetime, limits: MessageLimits) -> Edit:
     """What ``changes`` make of ``event`` (as read just now), validated."""
     stamp = epoch(now)
     errors: list[str] = []
@@ -285,7 +292,8 @@ def _changed(event: Event, changes: EventChanges, now: datetime) -> Edit:
             errors.append(f"{field_name}: {exc.message}")
     if changes.metadata is not None:
         try:
-            validate_arguments(changes.metadata.get("arguments"), path="metadata.arguments")
+            arguments = changes.metadata.get("arguments")
+            validate_arguments(arguments, path="metadata.arguments", limits=limits)
         except ValidationError as exc:
             errors.extend(exc.errors)
         event.metadata = changes.metadata

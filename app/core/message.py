@@ -4,6 +4,12 @@ Pure domain code: no Flask, no Celery, no network. ``validate_arguments`` runs w
 message or event is created (``$ref`` branches are only shape-checked then); the worker
 resolves the references (``workers.remote``) and calls ``render``, which validates the
 resolved arguments again, because remote content can be anything.
+
+Every argument is bounded (``MessageLimits`` and the MAX_ constants below), and every
+bound is checked before any work that grows with the input: the stdlib address parser
+is quadratic, and placeholders multiply a small request into a large message. ``render``
+yields one copy at a time, so a worker holds one message in memory whatever the number
+of recipients.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ import json
 import mimetypes
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -67,14 +74,52 @@ PARSED_TYPES = {
 }
 DEFAULT_REF_TYPE = "application/json"
 
-_CRLF = re.compile(r"[\r\n]")
+# Every separator str.splitlines() knows: the mail library refuses to fold a header
+# value holding any of them, so they are refused when a message is created, not when
+# a worker builds it.
+_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates: not encodable as UTF-8
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
 _MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
-_BAD_FILENAME = re.compile(r"[/\\\r\n\x00]")
+_BAD_FILENAME = re.compile("[/\\\\\x00\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 Check = Callable[[object, str], Iterator[str]]
+
+# Bounds of every argument, checked before any parsing or rendering (docs/messages.md,
+# "Limits"). Fixed ones are constants; those an operator may want to move are settings
+# (MessageLimits).
+MAX_ADDRESS_CHARS = 320  # RFC 3696: 64 for the local part, 255 for the domain, and "@"
+RECIPIENT_CHARS = MAX_ADDRESS_CHARS + 2  # one address of a comma-separated string, and ", "
+MAX_HEADERS = 100
+MAX_HEADER_NAME_CHARS = 128
+MAX_HEADER_CHARS = 8192  # a header value; folded, it still fits any server's limits
+# All header names and values together: the mail library folds a non-ASCII header at
+# ~30 µs a character, and it does so again for every copy.
+MAX_HEADERS_CHARS = 16384
+MAX_FILENAME_CHARS = 255  # what file systems store
+MAX_URL_CHARS = 2048
+MAX_DEPTH = 100  # nesting of any JSON value in the arguments
+# Values in all the arguments (what every object and array holds): more than any message
+# within the other bounds needs, and few enough to walk in milliseconds.
+MAX_VALUES = 100_000
+MAX_ATTACHMENTS = 100
+MESSAGE_OVERHEAD = 1024  # bytes the estimate adds for Date, Message-ID, MIME headers
+
+
+@dataclass(frozen=True)
+class MessageLimits:
+    """The configurable bounds of one message (``Settings.message_limits``); the
+    defaults are the settings' defaults."""
+
+    max_recipients: int = 1000  # SENDBEAT_MAX_RECIPIENTS
+    max_message_bytes: int = 25 * 1024 * 1024  # SENDBEAT_MAX_MESSAGE_BYTES
+    max_variables_bytes: int = 1024 * 1024  # SENDBEAT_MAX_VARIABLES_BYTES
+    max_refs: int = 20  # SENDBEAT_MAX_REFS
+
+
+DEFAULT_LIMITS = MessageLimits()
 
 
 @dataclass(frozen=True)
@@ -125,7 +170,9 @@ def ref_problems(ref: Mapping[str, Any], path: str) -> Iterator[str]:
         if key not in REF_KEYS:
             yield f"{path}.{key}: is not a $ref key (use $ref, $type, $encode, $method)"
     url = ref["$ref"]
-    if not isinstance(url, str) or not _is_http_url(url):
+    if isinstance(url, str) and len(url) > MAX_URL_CHARS:
+        yield f"{path}.$ref: is {len(url):,} characters; a URL may have at most {MAX_URL_CHARS:,}"
+    elif not isinstance(url, str) or not _is_http_url(url):
         yield f"{path}.$ref: must be an http or https URL"
     kind = ref.get("$type", DEFAULT_REF_TYPE)
     if not isinstance(kind, str) or not _MIME_TYPE.fullmatch(kind.split(";", 1)[0].strip()):
@@ -144,7 +191,9 @@ def _is_http_url(url: str) -> bool:
         parts = urlsplit(url)
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and not _CRLF.search(url)
+    return (
+        parts.scheme in ("http", "https") and bool(parts.hostname) and not _LINE_BREAK.search(url)
+    )
 
 
 # --- addresses ----------------------------------------------------------------------
@@ -152,8 +201,13 @@ def _is_http_url(url: str) -> bool:
 
 def parse_address(text: object) -> Address | None:
     """One mailbox (``ann@example.com`` or ``Ann <ann@example.com>``), its domain
-    IDNA-encoded; None when ``text`` is not exactly one valid address."""
-    if not isinstance(text, str) or _CRLF.search(text) or not text.strip():
+    IDNA-encoded; None when ``text`` is not exactly one valid address.
+
+    The stdlib parser takes time quadratic in its input, so nothing longer than an
+    address can reach it."""
+    if not isinstance(text, str) or len(text) > MAX_ADDRESS_CHARS:
+        return None
+    if _LINE_BREAK.search(text) or _SURROGATE.search(text) or not text.strip():
         return None
     try:
         header = policy.default.header_factory("to", text)
@@ -203,6 +257,11 @@ def split_addresses(text: str) -> list[str]:
 def _address_problem(value: object, path: str) -> Iterator[str]:
     if not isinstance(value, str):
         yield f"{path}: must be a string"
+    elif len(value) > MAX_ADDRESS_CHARS:
+        yield (
+            f"{path}: is {len(value):,} characters; an address may have at most"
+            f" {MAX_ADDRESS_CHARS} (RFC 3696)"
+        )
     elif parse_address(value) is None:
         yield f"{path}: {value!r} is not a valid email address"
 
@@ -215,14 +274,100 @@ def _address_list_problems(value: str, path: str) -> Iterator[str]:
 # --- validation ---------------------------------------------------------------------
 
 
-def validate_arguments(arguments: object, *, path: str = "arguments") -> None:
-    """Raise InvalidMessage listing every problem as ``'<path>.<field>: <what>'``."""
-    problems = list(_argument_problems(arguments, path))
-    if problems:
-        raise InvalidMessage(problems[0], problems)
+def validate_arguments(
+    arguments: object, *, path: str = "arguments", limits: MessageLimits = DEFAULT_LIMITS
+) -> None:
+    """Raise InvalidMessage listing every problem as ``'<path>.<field>: <what>'``.
+
+    Cheap checks come first, and each later step runs only when the earlier ones found
+    nothing: the shape of the whole value (nesting, lone surrogates, the number of
+    $refs), then each field and its bounds, then the sizes (variables, and each
+    recipient's message, computed without rendering it)."""
+    steps = (_structure_problems, _fields_problems, _size_problems)
+    for step in steps:
+        problems = list(step(arguments, path, limits))
+        if problems:
+            raise InvalidMessage(problems[0], problems)
 
 
-def _argument_problems(arguments: object, path: str) -> Iterator[str]:
+Trail = tuple[Any, object]  # (the parent's trail or None, the key or index of this step)
+
+
+def _structure_problems(value: object, path: str, limits: MessageLimits) -> Iterator[str]:
+    """Nesting, the number of values, lone surrogates and the $ref count, in one pass
+    without recursion, so that nothing after it meets a value it cannot walk, encode or
+    afford to fetch. Scalars are checked where they are met; only containers are
+    stacked, and a path is spelled only for an error."""
+    refs = values = 0
+    stack: list[tuple[Any, int, Trail]] = [(value, 0, (None, path))]
+    while stack:
+        item, depth, trail = stack.pop()
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth >= MAX_DEPTH:
+            yield f"{_path(trail)}: is nested more than {MAX_DEPTH} levels deep"
+            return
+        values += len(item)
+        if values > MAX_VALUES:
+            yield (
+                f"{path}: holds more than {MAX_VALUES:,} values in all (the members of its"
+                " objects and arrays, at every level)"
+            )
+            return
+        if isinstance(item, dict):
+            refs += "$ref" in item
+            pairs: Iterable[tuple[Any, object]] = item.items()
+        else:
+            pairs = enumerate(item)
+        for key, child in pairs:
+            if isinstance(key, str) and (bad := _SURROGATE.search(key)):
+                yield f"{_path(trail)}: the name '{_printable(key)}' {_surrogate(bad.group())}"
+            elif isinstance(child, str) and (bad := _SURROGATE.search(child)):
+                yield f"{_path((trail, key))}: {_surrogate(bad.group())}"
+            elif isinstance(child, (dict, list)):
+                stack.append((child, depth + 1, (trail, key)))
+    if refs > limits.max_refs:
+        yield f"{path}: has {refs} $refs; the limit is SENDBEAT_MAX_REFS = {limits.max_refs}"
+
+
+def _step(key: object) -> str:
+    return f"[{key}]" if isinstance(key, int) else f".{_printable(key)}"
+
+
+def deeper_than(value: object, levels: int) -> bool:
+    """True when ``value`` nests lists and objects more than ``levels`` deep (found
+    without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= levels:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _path(trail: Trail) -> str:
+    """The path a trail of keys spells, from its root (the path validation began at)."""
+    keys: list[object] = []
+    while trail is not None:
+        trail, key = trail
+        keys.append(key)
+    root, *steps = reversed(keys)
+    return str(root) + "".join(_step(key) for key in steps)
+
+
+def _surrogate(char: str) -> str:
+    return f"contains a lone surrogate (U+{ord(char):04X}), which is not valid Unicode"
+
+
+def _printable(text: object) -> str:
+    """``text`` safe to put in an error: a lone surrogate written as an escape."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _fields_problems(arguments: object, path: str, limits: MessageLimits) -> Iterator[str]:
     if is_ref(arguments):
         yield from ref_problems(arguments, path)  # type: ignore[arg-type]
         return
@@ -235,8 +380,8 @@ def _argument_problems(arguments: object, path: str) -> Iterator[str]:
     for name in ("recipients", "headers", "content"):
         if name not in arguments:
             yield f"{path}.{name}: is required"
-    checks = {
-        "recipients": _recipients_problems,
+    checks: dict[str, Check] = {
+        "recipients": partial(_recipients_problems, limits=limits),
         "headers": _headers_problems,
         "content": _content_problems,
         "variables": _variables_problems,
@@ -256,17 +401,33 @@ def _unless_ref(check: Check, value: object, path: str) -> Iterator[str]:
         yield from check(value, path)
 
 
-def _recipients_problems(value: object, path: str) -> Iterator[str]:
+def _recipients_problems(value: object, path: str, *, limits: MessageLimits) -> Iterator[str]:
+    most = limits.max_recipients
+    too_many = f"the limit is SENDBEAT_MAX_RECIPIENTS = {most:,}"
     if isinstance(value, str):
-        pieces = split_addresses(value)
+        if len(value) > most * RECIPIENT_CHARS:
+            yield (
+                f"{path}: is {len(value):,} characters; the limit is {most * RECIPIENT_CHARS:,}"
+                f" ({RECIPIENT_CHARS} for each of SENDBEAT_MAX_RECIPIENTS = {most:,} addresses)"
+            )
+            return
+        pieces = split_addresses(value)  # linear; each piece is checked alone
+        if len(pieces) > most:
+            yield f"{path}: has {len(pieces):,} recipients; {too_many}"
+            return
         for piece in pieces:
             yield from _address_problem(piece, path)
+        value = pieces
     elif isinstance(value, list):
-        pieces = value
+        if len(value) > most:
+            yield f"{path}: has {len(value):,} recipients; {too_many}"
+            return
         for index, item in enumerate(value):
             yield from _unless_ref(_address_problem, item, f"{path}[{index}]")
     elif isinstance(value, dict):
-        pieces = list(value)
+        if len(value) > most:
+            yield f"{path}: has {len(value):,} recipients; {too_many}"
+            return
         for address, variables in value.items():
             yield from _address_problem(address, f"{path}.{address}")
             if variables is not None:
@@ -277,7 +438,7 @@ def _recipients_problems(value: object, path: str) -> Iterator[str]:
             " or an object mapping addresses to variables"
         )
         return
-    if not pieces:
+    if not value:
         yield f"{path}: must name at least one address"
 
 
@@ -295,15 +456,27 @@ def _headers_problems(value: object, path: str) -> Iterator[str]:
     if not isinstance(value, dict):
         yield f"{path}: must be an object"
         return
+    if len(value) > MAX_HEADERS:
+        yield f"{path}: has {len(value):,} headers; at most {MAX_HEADERS} are allowed"
+        return
     seen: set[str] = set()
     for name, header in value.items():
         yield from _header_problems(name, header, path, seen)
     if "from" not in seen:
         yield f"{path}.from: is required"
+    total = sum(len(name) + len(v) for name, v in value.items() if isinstance(v, str))
+    if total > MAX_HEADERS_CHARS:
+        yield (
+            f"{path}: the header names and values come to {total:,} characters; at most"
+            f" {MAX_HEADERS_CHARS:,} are allowed"
+        )
 
 
 def _header_problems(name: str, value: object, path: str, seen: set[str]) -> Iterator[str]:
     lower = name.lower()
+    if len(name) > MAX_HEADER_NAME_CHARS:
+        yield f"{path}: a header name may have at most {MAX_HEADER_NAME_CHARS} characters"
+        return
     if not _HEADER_NAME.fullmatch(name):
         yield f"{path}: {name!r} is not a valid header name"
         return
@@ -325,12 +498,27 @@ def _header_problems(name: str, value: object, path: str, seen: set[str]) -> Ite
 def _header_value_problems(lower: str, value: object, path: str) -> Iterator[str]:
     if not isinstance(value, str):
         yield f"{path}: must be a string"
-    elif _CRLF.search(value):
-        yield f"{path}: must not contain CR or LF"
+    elif len(value) > MAX_HEADER_CHARS:
+        yield (
+            f"{path}: is {len(value):,} characters; a header value may have at most"
+            f" {MAX_HEADER_CHARS:,}"
+        )
+    elif line_break := _line_break(value):
+        yield f"{path}: must not contain {line_break}"
     elif lower in ("from", "sender"):
         yield from _address_problem(value, path)
     elif lower in ADDRESS_LIST_HEADERS:
         yield from _address_list_problems(value, path)
+
+
+def _line_break(text: str) -> str | None:
+    """What makes ``text`` more than one line to the mail library, or None."""
+    found = _LINE_BREAK.search(text)
+    if found is None:
+        return None
+    if found.group() in "\r\n":
+        return "CR or LF"
+    return f"U+{ord(found.group()):04X}, a line break to the mail library"
 
 
 def _content_problems(value: object, path: str) -> Iterator[str]:
@@ -352,10 +540,16 @@ def _attachments_problems(value: object, path: str) -> Iterator[str]:
     if not isinstance(value, dict):
         yield f"{path}: must be an object mapping file names to attachments"
         return
+    if len(value) > MAX_ATTACHMENTS:
+        yield f"{path}: has {len(value):,} attachments; at most {MAX_ATTACHMENTS} are allowed"
+        return
     for filename, attachment in value.items():
         where = f"{path}.{filename}"
+        if len(filename) > MAX_FILENAME_CHARS:
+            yield f"{path}: a file name may have at most {MAX_FILENAME_CHARS} characters"
+            continue
         if not filename.strip() or _BAD_FILENAME.search(filename):
-            yield f"{path}: {filename!r} is not a valid file name (no / \\ CR LF or NUL)"
+            yield f"{path}: {filename!r} is not a valid file name (no / \\ NUL or line breaks)"
         yield from _unless_ref(_attachment_problems, attachment, where)
 
 
@@ -390,6 +584,144 @@ def decode_base64(text: str) -> bytes | None:
         return None
 
 
+# --- sizes --------------------------------------------------------------------------
+
+
+def _utf8(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A text's length after substitution, found without substituting: its length
+    without placeholders, plus each placeholder's value (or the placeholder as written,
+    when the name is unknown)."""
+
+    rest: int
+    uses: dict[str, tuple[int, int]]  # name -> (occurrences, their length as written)
+
+    @classmethod
+    def of(cls, text: object, measure: Callable[[str], int]) -> _Template:
+        if not isinstance(text, str):  # a $ref, not fetched yet
+            return cls(0, {})
+        rest, uses = measure(text), dict[str, tuple[int, int]]()
+        for match in _PLACEHOLDER.finditer(text):
+            written = measure(match.group(0))
+            count, total = uses.get(match.group(1), (0, 0))
+            uses[match.group(1)] = (count + 1, total + written)
+            rest -= written
+        return cls(rest, uses)
+
+    def length(self, values: Mapping[str, int]) -> int:
+        """The length with each known name's value of length ``values[name]``."""
+        return self.rest + sum(
+            count * values[name] if name in values else written
+            for name, (count, written) in self.uses.items()
+        )
+
+
+class _Sizes:
+    """The size of each recipient's copy in bytes (UTF-8 text, attachments as base64,
+    headers, and MESSAGE_OVERHEAD for what sendbeat adds) and the length of its subject,
+    computed arithmetically: nothing is substituted or rendered. $refs not fetched yet
+    count as nothing."""
+
+    def __init__(self, arguments: dict[str, Any]) -> None:
+        headers = _known(arguments.get("headers"))
+        content = _known(arguments.get("content"))
+        attachments = _known(arguments.get("attachments"))
+        shared = _known(arguments.get("variables"))
+        subject = next((v for n, v in headers.items() if n.lower() == "subject"), "")
+        self.subject_chars = _Template.of(subject, len)
+        self.templates = [_Template.of(subject, _utf8)]
+        self.templates += [_Template.of(content.get(kind), _utf8) for kind in CONTENT_TYPES]
+        self.names = {name for t in self.templates for name in t.uses}
+        other_headers = (
+            _utf8(name) + _utf8(value) + 4  # ": " and CRLF
+            for name, value in headers.items()
+            if isinstance(value, str) and name.lower() != "subject"
+        )
+        encoded = (
+            len(item["content"])
+            for item in attachments.values()
+            if isinstance(item, dict) and isinstance(item.get("content"), str)
+        )
+        self.fixed = MESSAGE_OVERHEAD + sum(other_headers) + sum(encoded)
+        self.shared = {name: _as_text(shared[name]) for name in self.names if name in shared}
+        self.shared_chars = {name: len(text) for name, text in self.shared.items()}
+        self.shared_bytes = {name: _utf8(text) for name, text in self.shared.items()}
+
+    def texts(self, own: Mapping[str, Any]) -> dict[str, str]:
+        """The recipient's own text for each placeholder name it overrides."""
+        return {name: _as_text(own[name]) for name in self.names.intersection(own)}
+
+    def subject_problem(self, recipient: Address, own: Mapping[str, str]) -> str | None:
+        """What is wrong with the subject of a recipient with texts ``own``, or None."""
+        after = f"after substituting the variables for {recipient.addr_spec}"
+        for name in self.subject_chars.uses:
+            line_break = _line_break(own.get(name, self.shared.get(name, "")))
+            if line_break:
+                return f"contains {line_break} {after}"
+        chars = {**self.shared_chars, **{name: len(text) for name, text in own.items()}}
+        length = self.subject_chars.length(chars)
+        if length > MAX_HEADER_CHARS:
+            return (
+                f"is {length:,} characters {after}; a header value may have at most"
+                f" {MAX_HEADER_CHARS:,}"
+            )
+        return None
+
+    def message_bytes(self, recipient: Address, own: Mapping[str, str]) -> int:
+        octets = {**self.shared_bytes, **{name: _utf8(text) for name, text in own.items()}}
+        body = sum(template.length(octets) for template in self.templates)
+        return self.fixed + _utf8(str(recipient)) + body
+
+
+def _known(value: object) -> dict[str, Any]:
+    """``value`` when it is an object already known (not a $ref), otherwise {}."""
+    return value if isinstance(value, dict) and not is_ref(value) else {}
+
+
+def _size_problems(arguments: object, path: str, limits: MessageLimits) -> Iterator[str]:
+    if not isinstance(arguments, dict) or is_ref(arguments):
+        return
+    variables = _variables_bytes(arguments)
+    if variables > limits.max_variables_bytes:
+        yield (
+            f"{path}.variables: the variables, global and per recipient, are {variables:,}"
+            " bytes as JSON; the limit is SENDBEAT_MAX_VARIABLES_BYTES ="
+            f" {limits.max_variables_bytes:,}"
+        )
+        return
+    sizes = _Sizes(arguments)
+    for recipient, own in _recipients(arguments["recipients"]):
+        texts = sizes.texts(own)
+        subject = sizes.subject_problem(recipient, texts)
+        if subject:
+            yield f"{path}.headers.subject: {subject}"
+            return
+        size = sizes.message_bytes(recipient, texts)
+        if size > limits.max_message_bytes:
+            yield f"{path}: {_too_large(recipient, 'would be', size, limits)}"
+            return
+
+
+def _too_large(recipient: Address, verb: str, size: int, limits: MessageLimits) -> str:
+    return (
+        f"the message for {recipient.addr_spec} {verb} {size:,} bytes; the limit is"
+        f" SENDBEAT_MAX_MESSAGE_BYTES = {limits.max_message_bytes:,}"
+    )
+
+
+def _variables_bytes(arguments: dict[str, Any]) -> int:
+    """The global and per-recipient variables' size as JSON (their depth is bounded)."""
+    values = [arguments.get("variables")]
+    recipients = arguments.get("recipients")
+    if isinstance(recipients, dict) and not is_ref(recipients):
+        values += recipients.values()
+    return sum(_utf8(json.dumps(value, ensure_ascii=False)) for value in values if value)
+
+
 # --- recipients ---------------------------------------------------------------------
 
 
@@ -422,25 +754,43 @@ def _recipients(value: object) -> list[tuple[Address, dict[str, Any]]]:
 
 
 def render(
-    arguments: dict[str, Any], *, now: datetime, mail_domain: str, instance_id: str | None = None
-) -> list[Envelope]:
-    """One Envelope per recipient, in order. ``arguments`` must be fully resolved.
+    arguments: dict[str, Any],
+    *,
+    now: datetime,
+    mail_domain: str,
+    instance_id: str | None = None,
+    limits: MessageLimits = DEFAULT_LIMITS,
+) -> Iterator[Envelope]:
+    """One Envelope per recipient, in order, each built only when the next is asked
+    for: a sender holds one copy in memory at a time. ``arguments`` must be fully
+    resolved; they are validated (with ``limits``) here, at once, so a message that
+    cannot be sent raises before its first copy.
 
     With ``instance_id`` (the execution), each copy's Message-ID is fixed by the
     execution and the recipient's place, so every attempt of one execution sends each
     copy under the same Message-ID: a copy sent again after a lost SMTP reply can be
     recognised, and dropped, by whoever receives it."""
-    validate_arguments(arguments)
+    validate_arguments(arguments, limits=limits)
     if contains_refs(arguments):
         raise InvalidMessage("arguments: a $ref is left unresolved")
+    return _envelopes(arguments, now, mail_domain, instance_id, limits)
+
+
+def _envelopes(
+    arguments: dict[str, Any],
+    now: datetime,
+    mail_domain: str,
+    instance_id: str | None,
+    limits: MessageLimits,
+) -> Iterator[Envelope]:
     headers = {name.lower(): (name, value) for name, value in arguments["headers"].items()}
     sender = parse_address(headers["from"][1])
-    assert sender is not None  # validated above
+    assert sender is not None  # validated already
     override = arguments.get("recipient_override")
     override_address = parse_address(override) if override else None
     attachments = _attachments(arguments.get("attachments") or {})
     shared = arguments.get("variables") or {}
-    envelopes = []
+    sizes = _Sizes(arguments)
     for index, (recipient, own) in enumerate(_recipients(arguments["recipients"])):
         variables = {**shared, **own}
         message_id = (
@@ -450,9 +800,22 @@ def render(
         )
         stamp = (format_datetime(now), message_id)
         message = _message(arguments, headers, recipient, variables, attachments, stamp)
+        _check_size(message, recipient, sizes.message_bytes(recipient, sizes.texts(own)), limits)
         rcpt_to = _rcpt_to(recipient, override_address, headers)
-        envelopes.append(Envelope(recipient.addr_spec, sender.addr_spec, rcpt_to, message))
-    return envelopes
+        yield Envelope(recipient.addr_spec, sender.addr_spec, rcpt_to, message)
+
+
+def _check_size(
+    message: EmailMessage, recipient: Address, estimate: int, limits: MessageLimits
+) -> None:
+    """Refuse a copy larger than the limit. Quoted-printable at most triples a byte and
+    attachments were counted as base64, so only a copy estimated within a quarter of the
+    limit is serialized to be measured."""
+    if 4 * estimate <= limits.max_message_bytes:
+        return
+    size = len(message.as_bytes())
+    if size > limits.max_message_bytes:
+        raise InvalidMessage(f"arguments: {_too_large(recipient, 'is', size, limits)}")
 
 
 def _rcpt_to(
@@ -536,10 +899,11 @@ def _canonical(lower: str, name: str) -> str:
 
 def _subject(template: str, variables: Mapping[str, Any], recipient: Address) -> str:
     subject = substitute(template, variables)
-    if _CRLF.search(subject):
+    line_break = _line_break(subject)
+    if line_break:
         raise InvalidMessage(
-            "arguments.headers.subject: contains CR or LF after substituting the variables"
-            f" for {recipient.addr_spec}"
+            f"arguments.headers.subject: contains {line_break} after substituting the"
+            f" variables for {recipient.addr_spec}"
         )
     return subject
 

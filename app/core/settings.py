@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from app.core.message import MessageLimits
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$", re.I)
 _TRUE = {"1", "true", "yes", "on"}
@@ -41,6 +43,11 @@ class Settings:
     ref_timeout: float = 10.0
     ref_max_bytes: int = 10 * 1024 * 1024
     ref_max_redirects: int = 5
+    ref_max_total_bytes: int = 25 * 1024 * 1024  # all of one message's $refs together
+    max_recipients: int = 1000
+    max_message_bytes: int = 25 * 1024 * 1024  # about what Gmail and Outlook accept
+    max_variables_bytes: int = 1024 * 1024
+    max_refs: int = 20
     smtp_timeout: float = 30.0
     max_body_bytes: int = 10 * 1024 * 1024
     batch_limit: int = 1000
@@ -61,6 +68,15 @@ class Settings:
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def message_limits(self) -> MessageLimits:
+        return MessageLimits(
+            max_recipients=self.max_recipients,
+            max_message_bytes=self.max_message_bytes,
+            max_variables_bytes=self.max_variables_bytes,
+            max_refs=self.max_refs,
+        )
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -90,6 +106,17 @@ class Settings:
             ref_max_redirects=_int(
                 env, "SENDBEAT_REF_MAX_REDIRECTS", defaults.ref_max_redirects, 0, 20
             ),
+            ref_max_total_bytes=_int(
+                env, "SENDBEAT_REF_MAX_TOTAL_BYTES", defaults.ref_max_total_bytes, 1
+            ),
+            max_recipients=_int(env, "SENDBEAT_MAX_RECIPIENTS", defaults.max_recipients, 1),
+            max_message_bytes=_int(
+                env, "SENDBEAT_MAX_MESSAGE_BYTES", defaults.max_message_bytes, 1024
+            ),
+            max_variables_bytes=_int(
+                env, "SENDBEAT_MAX_VARIABLES_BYTES", defaults.max_variables_bytes, 0
+            ),
+            max_refs=_int(env, "SENDBEAT_MAX_REFS", defaults.max_refs, 0),
             smtp_timeout=_float(env, "SENDBEAT_SMTP_TIMEOUT", defaults.smtp_timeout),
             max_body_bytes=_int(env, "SENDBEAT_MAX_BODY_BYTES", defaults.max_body_bytes, 1024),
             batch_limit=_int(env, "SENDBEAT_BATCH_LIMIT", defaults.batch_limit, 1),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import email
+import json
+import time
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
@@ -12,8 +14,10 @@ from typing import Any
 
 import pytest
 
+from app.core import message as message_module
 from app.core.errors import InvalidMessage
 from app.core.message import (
+    MessageLimits,
     contains_refs,
     recipients_of,
     render,
@@ -177,7 +181,7 @@ def test_attachment_problems() -> None:
     }
     assert problems(arguments(attachments=attachments)) == [
         "arguments.attachments.bad.bin.content: is not valid base64",
-        "arguments.attachments: '../etc/passwd' is not a valid file name (no / \\ CR LF or NUL)",
+        "arguments.attachments: '../etc/passwd' is not a valid file name (no / \\ NUL or line breaks)",  # noqa: E501
         "arguments.attachments.x.txt.size: is not an attachment field (use content_type, content)",
         "arguments.attachments.x.txt.content_type: must be a media type such as application/pdf",
         "arguments.attachments.x.txt.content: is required",
@@ -298,7 +302,7 @@ def test_per_recipient_variables_override_global_ones() -> None:
         content={"text/plain": "Dear {{name}}, {{unknown}} {{ flag }}", "text/html": "<p>{{name}}"},
         variables={"name": "friend", "n": 3, "flag": True},
     )
-    envelopes = render(value, now=NOW, mail_domain="mail.test")
+    envelopes = list(render(value, now=NOW, mail_domain="mail.test"))
     assert [envelope.recipient for envelope in envelopes] == ["ann@example.com", "bob@example.com"]
     ann, bob = (parsed(envelope.message) for envelope in envelopes)
     assert ann["Subject"] == "Hi Ann #3"
@@ -359,7 +363,7 @@ def test_recipient_override_delivers_only_to_the_override_and_keeps_to() -> None
         headers={"from": "s@example.com", "cc": "boss@example.com"},
         recipient_override="qa@example.com",
     )
-    envelopes = render(value, now=NOW, mail_domain="mail.test")
+    envelopes = list(render(value, now=NOW, mail_domain="mail.test"))
     assert [e.recipient for e in envelopes] == ["ann@example.com", "bob@example.com"]
     assert [e.rcpt_to for e in envelopes] == [("qa@example.com",), ("qa@example.com",)]
     assert [parsed(e.message)["To"] for e in envelopes] == ["ann@example.com", "bob@example.com"]
@@ -401,3 +405,240 @@ def test_render_checks_resolved_remote_content_again() -> None:
     with pytest.raises(InvalidMessage) as caught:
         render(arguments(content=["not", "content"]), now=NOW, mail_domain="mail.test")
     assert caught.value.errors == ["arguments.content: must be an object"]
+
+
+# --- limits (issue 9): each bound refused early, naming the field and the limit --------
+
+
+def test_a_megabyte_of_recipients_is_refused_before_any_parsing() -> None:
+    started = time.perf_counter()
+    assert problems(arguments(recipients="." * 1024 * 1024)) == [
+        "arguments.recipients: is 1,048,576 characters; the limit is 322,000"
+        " (322 for each of SENDBEAT_MAX_RECIPIENTS = 1,000 addresses)"
+    ]
+    assert time.perf_counter() - started < 1  # the stdlib parser would take hours
+
+
+def test_32_kb_of_one_address_is_refused_fast() -> None:
+    started = time.perf_counter()  # the stdlib parser took ~6 s over these dots
+    assert problems(arguments(recipients="." * 32 * 1024)) == [
+        "arguments.recipients: is 32,768 characters; an address may have at most 320 (RFC 3696)"
+    ]
+    assert time.perf_counter() - started < 1
+
+
+def test_a_thousand_addresses_parse_quickly() -> None:
+    listed = ", ".join(f"User {i} <user{i}@example.com>" for i in range(1000))
+    started = time.perf_counter()
+    validate_arguments(arguments(recipients=listed))
+    assert time.perf_counter() - started < 1
+    assert len(recipients_of(arguments(recipients=listed))) == 1000
+
+
+def test_an_address_longer_than_320_characters_is_refused_everywhere() -> None:
+    long = "a" * 64 + "@" + "b" * 60 + "." + "c" * 60 + "." + "d" * 60 + "." + "e" * 60 + ".io"
+    assert len(long) == 311
+    validate_arguments(arguments(recipients=[long]))  # 311 characters: fine
+    longer = "Ann " + "x" * 10 + " <" + long + ">"
+    too_long = "arguments.{}: is 328 characters; an address may have at most 320 (RFC 3696)"
+    assert problems(arguments(recipients=[longer])) == [too_long.format("recipients[0]")]
+    assert problems(arguments(recipient_override=longer)) == [too_long.format("recipient_override")]
+    cc = {"from": "s@example.com", "cc": f"b@example.com, {longer}"}
+    assert problems(arguments(headers=cc)) == [too_long.format("headers.cc")]
+
+
+@pytest.mark.parametrize("form", ["string", "array", "object"])
+def test_more_recipients_than_the_limit_are_refused_naming_it(form: str) -> None:
+    addresses = [f"r{i}@example.com" for i in range(4)]
+    value = {
+        "string": ", ".join(addresses),
+        "array": addresses,
+        "object": dict.fromkeys(addresses),
+    }[form]
+    with pytest.raises(InvalidMessage) as caught:
+        validate_arguments(arguments(recipients=value), limits=MessageLimits(max_recipients=3))
+    assert caught.value.errors == [
+        "arguments.recipients: has 4 recipients; the limit is SENDBEAT_MAX_RECIPIENTS = 3"
+    ]
+    validate_arguments(arguments(recipients=value), limits=MessageLimits(max_recipients=4))
+
+
+@pytest.mark.parametrize(
+    ("char", "named"),
+    [
+        ("\x0b", "U+000B"),
+        ("\x0c", "U+000C"),
+        ("\x1c", "U+001C"),
+        ("\x1d", "U+001D"),
+        ("\x1e", "U+001E"),
+        ("\x85", "U+0085"),
+        ("\u2028", "U+2028"),
+        ("\u2029", "U+2029"),
+    ],
+)
+def test_header_values_with_any_line_separator_are_refused(char: str, named: str) -> None:
+    assert f"a{char}b".splitlines() == ["a", "b"]  # the mail library's view of it
+    headers = {"from": "s@example.com", "subject": f"Hi{char}there", "X-Note": f"a{char}b"}
+    assert problems(arguments(headers=headers)) == [
+        f"arguments.headers.subject: must not contain {named}, a line break to the mail library",
+        f"arguments.headers.X-Note: must not contain {named}, a line break to the mail library",
+    ]
+
+
+def test_a_subject_broken_by_a_variable_is_refused_before_any_copy() -> None:
+    value = arguments(
+        recipients={"ann@example.com": None, "bob@example.com": {"name": "Bob\u2028Bcc: x"}},
+        headers={"from": "s@example.com", "subject": "Hi {{name}}"},
+        variables={"name": "friend"},
+    )
+    assert problems(value) == [
+        "arguments.headers.subject: contains U+2028, a line break to the mail library after"
+        " substituting the variables for bob@example.com"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"headers": {"from": "s@example.com", "subject": "Hi \ud800"}}, "headers.subject"),
+        ({"recipients": ["ann\udc00@example.com"]}, "recipients[0]"),
+        ({"content": {"text/plain": "Hi \udfff"}}, "content.text/plain"),
+        ({"variables": {"name": ["ok", "bad \ud83d"]}}, "variables.name[1]"),
+        ({"attachments": {"a\ud800.txt": {"content": "AA=="}}}, "attachments"),
+    ],
+)
+def test_lone_surrogates_anywhere_are_refused(change: dict[str, Any], where: str) -> None:
+    [problem] = problems(arguments(**change))
+    assert problem.startswith(f"arguments.{where}: ")
+    assert "a lone surrogate (U+D" in problem and "not valid Unicode" in problem
+    if where == "attachments":
+        assert "the name 'a\\ud800.txt' contains" in problem
+    problem.encode("utf-8")  # the error itself can be stored and sent
+
+
+def test_deep_nesting_is_refused_without_recursion() -> None:
+    deep: Any = "x"
+    for _ in range(5000):
+        deep = [deep]
+    assert problems(arguments(variables={"deep": deep})) == [
+        "arguments.variables.deep" + "[0]" * 98 + ": is nested more than 100 levels deep"
+    ]
+
+
+def test_a_huge_number_of_values_is_refused_before_it_is_all_walked() -> None:
+    many = arguments(variables={"rows": [{}] * 3_000_000})  # ~10 MB as JSON
+    started = time.perf_counter()
+    assert problems(many) == [
+        "arguments: holds more than 100,000 values in all (the members of its objects and"
+        " arrays, at every level)"
+    ]
+    assert time.perf_counter() - started < 0.5
+
+
+def test_attachments_are_counted() -> None:
+    files = {f"f{i}.txt": {"content": ""} for i in range(101)}
+    assert problems(arguments(attachments=files)) == [
+        "arguments.attachments: has 101 attachments; at most 100 are allowed"
+    ]
+    del files["f0.txt"]
+    validate_arguments(arguments(attachments=files))
+
+
+def test_a_header_value_longer_than_8192_characters_is_refused() -> None:
+    headers = {"from": "s@example.com", "X-Long": "x" * 8193}
+    assert problems(arguments(headers=headers)) == [
+        "arguments.headers.X-Long: is 8,193 characters; a header value may have at most 8,192"
+    ]
+
+
+def test_all_headers_together_are_capped() -> None:
+    headers = {"from": "s@example.com", "X-A": "é" * 8000, "X-B": "é" * 8000}
+    validate_arguments(arguments(headers=headers))  # 16,023 characters
+    assert problems(arguments(headers={**headers, "X-C": "é" * 400})) == [
+        "arguments.headers: the header names and values come to 16,426 characters;"
+        " at most 16,384 are allowed"
+    ]
+
+
+def test_placeholder_amplification_is_refused_without_rendering() -> None:
+    # A 25 KB request that would render 30 MB: refused by arithmetic, in milliseconds.
+    value = arguments(content={"text/plain": "{{a}}" * 3000}, variables={"a": "x" * 10_000})
+    assert len(json.dumps(value)) < 30_000
+    started = time.perf_counter()
+    [problem] = problems(value)
+    assert time.perf_counter() - started < 0.5
+    assert problem == (
+        "arguments: the message for ann@example.com would be 30,001,079 bytes; the limit is"
+        " SENDBEAT_MAX_MESSAGE_BYTES = 26,214,400"
+    )
+
+
+def test_the_size_estimate_counts_each_recipients_own_variables() -> None:
+    limits = MessageLimits(max_message_bytes=64 * 1024)
+    value = arguments(
+        recipients={"ann@example.com": {"a": "x"}, "bob@example.com": {"a": "y" * 40_000}},
+        headers={"from": "s@example.com", "subject": "{{a}}"},
+        content={"text/plain": "{{a}} {{a}}"},
+    )
+    with pytest.raises(InvalidMessage) as caught:
+        validate_arguments(value, limits=limits)
+    assert caught.value.errors[0].startswith("arguments.headers.subject: is 40,000 characters")
+    value["headers"]["subject"] = "Hi"
+    with pytest.raises(InvalidMessage) as caught:
+        validate_arguments(value, limits=limits)
+    assert caught.value.message.startswith("arguments: the message for bob@example.com would be")
+    assert caught.value.message.endswith("the limit is SENDBEAT_MAX_MESSAGE_BYTES = 65,536")
+
+
+def test_the_variables_total_size_is_capped() -> None:
+    limits = MessageLimits(max_variables_bytes=1000)
+    shared = {"note": "x" * 600}
+    own = {"a@example.com": {"note": "y" * 390}, "b@example.com": None}
+    validate_arguments(arguments(variables=shared), limits=limits)
+    with pytest.raises(InvalidMessage) as caught:
+        validate_arguments(arguments(variables=shared, recipients=own), limits=limits)
+    assert caught.value.errors == [
+        "arguments.variables: the variables, global and per recipient, are 1,014 bytes as"
+        " JSON; the limit is SENDBEAT_MAX_VARIABLES_BYTES = 1,000"
+    ]
+
+
+def test_the_number_of_refs_is_capped() -> None:
+    refs = {f"v{i}": {"$ref": f"https://x.io/{i}"} for i in range(21)}
+    assert problems(arguments(variables=refs)) == [
+        "arguments: has 21 $refs; the limit is SENDBEAT_MAX_REFS = 20"
+    ]
+    del refs["v0"]
+    validate_arguments(arguments(variables=refs))
+
+
+def test_render_builds_each_copy_only_when_it_is_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+    original = message_module._message
+
+    def counted(*args: Any) -> EmailMessage:
+        built.append(args[2].addr_spec)
+        return original(*args)
+
+    monkeypatch.setattr(message_module, "_message", counted)
+    recipients = ["a@example.com", "b@example.com", "c@example.com"]
+    copies = render(arguments(recipients=recipients), now=NOW, mail_domain="m.test")
+    assert built == []
+    first = next(copies)
+    assert (first.recipient, built) == ("a@example.com", ["a@example.com"])
+    assert [copy.recipient for copy in copies] == recipients[1:]
+    assert built == recipients
+
+
+def test_render_refuses_a_copy_that_serializes_larger_than_the_limit() -> None:
+    # Estimated at ~800 KB as UTF-8; quoted-printable makes it ~2.4 MB.
+    value = arguments(content={"text/plain": "é" * 400_000})
+    copies = render(
+        value, now=NOW, mail_domain="m.test", limits=MessageLimits(max_message_bytes=2 << 20)
+    )
+    with pytest.raises(InvalidMessage) as caught:
+        next(copies)
+    assert caught.value.message.startswith("arguments: the message for ann@example.com is 2,4")
+    assert caught.value.message.endswith("the limit is SENDBEAT_MAX_MESSAGE_BYTES = 2,097,152")

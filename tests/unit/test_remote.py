@@ -365,3 +365,88 @@ def test_a_malformed_ref_is_permanent() -> None:
         "$ref https://x.example/a.png refused: $ref: $type image/png is raw bytes,"
         ' so it needs "$encode": "base64"'
     )
+
+
+# --- per-message bounds (issue 9) ----------------------------------------------------
+
+
+def test_a_message_fetches_at_most_its_total_of_remote_content(server: Server) -> None:
+    # 32 bytes each, 64 in all; the same one again is not fetched, nor counted, twice.
+    refs = [ref(server, "/data.json"), ref(server, "/data.yaml", **{"$type": "text/yaml"})]
+    refs.append(ref(server, "/data.json"))
+    assert resolve_refs(refs, settings=SETTINGS.with_(ref_max_total_bytes=64))
+    with pytest.raises(PermanentDeliveryError) as caught:
+        resolve_refs(refs, settings=SETTINGS.with_(ref_max_total_bytes=63))
+    assert caught.value.message.endswith(
+        "refused: the message's remote content is more than 63 bytes in all"
+        " (SENDBEAT_REF_MAX_TOTAL_BYTES)"
+    )
+
+
+def test_a_message_resolves_at_most_its_number_of_refs(server: Server) -> None:
+    three = [ref(server, "/data.json")] * 3
+    assert resolve_refs(three, settings=SETTINGS.with_(max_refs=3))
+    with pytest.raises(PermanentDeliveryError) as caught:
+        resolve_refs(three, settings=SETTINGS.with_(max_refs=2))
+    assert caught.value.message == (
+        f"$ref {server.base}/data.json refused: the message has more than 2 $refs"
+        " (SENDBEAT_MAX_REFS)"
+    )
+
+
+def test_deeply_nested_remote_content_is_refused_before_it_is_copied() -> None:
+    deep = b"[" * 900 + b"]" * 900  # json.loads takes it; deepcopy would recurse too deep
+    with pytest.raises(PermanentDeliveryError) as caught:
+        remote.decode(deep, "json", "https://x.io/deep")
+    assert caught.value.message == (
+        "$ref https://x.io/deep refused: nested more than 100 levels deep"
+    )
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        # 6to4 (2002::/16): the IPv4 in bits 16-48
+        ("2002:a00:1::1", "a 6to4 address for 10.0.0.1, a private"),
+        ("2002:7f00:1::", "a 6to4 address for 127.0.0.1, a loopback"),
+        ("2002:a9fe:a9fe::", "a 6to4 address for 169.254.169.254, a link-local"),
+        ("2002:5db8:d70e::1", None),  # a public IPv4: reachable anyway, allowed
+        # NAT64, the well-known prefix (64:ff9b::/96): the IPv4 in the last 32 bits
+        ("64:ff9b::10.0.0.1", "a NAT64 address for 10.0.0.1, a private"),
+        ("64:ff9b::a9fe:a9fe", "a NAT64 address for 169.254.169.254, a link-local"),
+        ("64:ff9b::93.184.215.14", None),  # how an IPv6-only network reaches a site
+        # NAT64, local use (64:ff9b:1::/48): always refused
+        ("64:ff9b:1::10.0.0.1", "a local-use NAT64 (64:ff9b:1::/48)"),
+        ("64:ff9b:1::5db8:d70e", "a local-use NAT64 (64:ff9b:1::/48)"),
+        # Teredo (2001::/32): server IPv4 in bits 32-64, client IPv4 flipped in the last 32
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "a Teredo address for 10.0.0.1, a private"),
+        ("2001:0:a00:1:8000:63bf:a247:28f1", "a Teredo address for 10.0.0.1, a private"),
+        ("2001:0:4136:e378:8000:63bf:a247:28f1", "a Teredo (2001::/32)"),
+        # IPv4-mapped (::ffff:0:0/96), as before
+        ("::ffff:10.0.0.1", "a private"),
+        ("::ffff:93.184.215.14", None),
+        # IPv4-compatible (::/96, deprecated): always refused
+        ("::10.0.0.1", "an IPv4-compatible (deprecated) address for 10.0.0.1, a private"),
+        ("::93.184.215.14", "an IPv4-compatible (deprecated)"),
+        ("::", "an unspecified"),
+        ("::1", "a loopback"),
+    ],
+)
+def test_ipv6_addresses_that_embed_an_ipv4_are_judged_by_it(address: str, kind: str | None) -> None:
+    assert remote.refusal(address) == kind
+
+
+def test_a_host_resolving_to_a_6to4_private_address_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def resolve(host: str, port: int, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2002:a00:1::1", port, 0, 0))]
+
+    monkeypatch.setattr(remote.socket, "getaddrinfo", resolve)
+    strict = SETTINGS.with_(allow_private_refs=False)
+    with pytest.raises(PermanentDeliveryError) as caught:
+        remote.pinned_address("sneaky.example", 80, "http://sneaky.example/x", strict)
+    assert caught.value.message == (
+        "$ref http://sneaky.example/x refused: 2002:a00:1::1 is a 6to4 address for 10.0.0.1,"
+        " a private address (set SENDBEAT_ALLOW_PRIVATE_REFS=1 to allow)"
+    )

@@ -14,13 +14,24 @@ import fakeredis
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.core.errors import TransientDeliveryError
-from app.core.events import Defaults, EventSpec, create_events, set_paused, trigger
+from app.core import message
+from app.core.errors import TransientDeliveryError, ValidationError
+from app.core.events import (
+    Defaults,
+    EventChanges,
+    EventSpec,
+    create_events,
+    send_message,
+    set_paused,
+    trigger,
+    update_event,
+)
 from app.core.keys import Keys
-from app.core.message import Envelope
+from app.core.message import Envelope, MessageLimits
 from app.core.records import Instance
 from app.core.settings import Settings
 from app.core.store import Store
+from workers import sending
 from workers.sending import run_instance
 from workers.transport import SendResult
 
@@ -191,3 +202,70 @@ def test_a_pause_stops_a_send_before_its_next_recipient(store: Store) -> None:
     assert ended.status == "cancelled"
     assert ended.error == "The scheduled event was paused after 1 copy had been sent."
     assert ended.result is not None and ended.result["accepted"] == RECIPIENTS[:1]
+
+
+# --- limits at send time (issue 9) -----------------------------------------------------
+
+
+def test_remote_content_that_grew_past_the_limit_fails_at_once_and_readably(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = queued(store, content={"text/plain": {"$ref": "https://cms.example/body"}})
+
+    def grown(arguments: Any, *, settings: Settings) -> Any:
+        return {**arguments, "content": {"text/plain": "x" * 100_000}}
+
+    monkeypatch.setattr(sending, "resolve_refs", grown)
+    transport = Transport()
+    settings = Settings(max_message_bytes=64 * 1024)
+    assert run_instance(store, transport, settings, instance.id, lease=10).status == "failed"
+
+    ended = record(store, instance)
+    assert (ended.status, ended.attempts) == ("failed", 1)  # permanent: no retry
+    assert ended.error == (
+        "arguments: the message for a@example.com would be 101,068 bytes;"
+        " the limit is SENDBEAT_MAX_MESSAGE_BYTES = 65,536"
+    )
+    assert transport.sent == []
+    assert not store.redis.zcard(store.keys.event_inflight(ended.event_id))
+
+
+def test_the_worker_builds_each_copy_as_it_sends_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = queued(store)
+    built: list[str] = []
+    build = message._message
+
+    def counted(*args: Any) -> Any:
+        built.append(args[2].addr_spec)
+        return build(*args)
+
+    monkeypatch.setattr(message, "_message", counted)
+    transport = Transport(lambda envelope: seen.append(list(built)))
+    seen: list[list[str]] = []
+    assert run(store, transport, instance) == "succeeded"
+    assert seen == [RECIPIENTS[:1], RECIPIENTS[:2], RECIPIENTS]
+
+
+def test_events_and_messages_are_validated_with_the_limits_given(store: Store) -> None:
+    args = {
+        "recipients": RECIPIENTS,
+        "headers": {"from": "sender@example.com"},
+        "content": {"text/plain": "hi"},
+    }
+    limits = MessageLimits(max_recipients=2)
+    too_many = "the limit is SENDBEAT_MAX_RECIPIENTS = 2"
+    spec = EventSpec(schedule="@daily", metadata={"arguments": args}, uid="ev")
+    with pytest.raises(ValidationError) as caught:
+        create_events(store, "p1", [spec], Defaults(limits=limits))
+    assert caught.value.errors == [
+        f"events[0].metadata.arguments.recipients: has 3 recipients; {too_many}"
+    ]
+    with pytest.raises(ValidationError) as caught:
+        send_message(store, Publisher(), "p1", args, None, limits=limits)  # type: ignore[arg-type]
+    assert caught.value.errors == [f"arguments.recipients: has 3 recipients; {too_many}"]
+    [event] = create_events(store, "p1", [spec], Defaults()).events
+    with pytest.raises(ValidationError) as caught:
+        update_event(store, event, EventChanges(metadata={"arguments": args}), limits=limits)
+    assert caught.value.errors == [f"metadata.arguments.recipients: has 3 recipients; {too_many}"]

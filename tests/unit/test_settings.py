@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from app.core.message import MessageLimits
 from app.core.settings import Settings, SettingsError
 
 
@@ -26,6 +27,11 @@ def test_defaults() -> None:
         ({"SENDBEAT_ALLOW_PRIVATE_REFS": "maybe"}, "SENDBEAT_ALLOW_PRIVATE_REFS='maybe'"),
         ({"SENDBEAT_RATE_LIMIT_SCHEDULES": "lots"}, "SENDBEAT_RATE_LIMIT_SCHEDULES='lots'"),
         ({"SENDBEAT_BEAT_BATCH_SIZE": "5000"}, "SENDBEAT_BEAT_BATCH_SIZE='5000'"),
+        ({"SENDBEAT_MAX_RECIPIENTS": "0"}, "SENDBEAT_MAX_RECIPIENTS='0': expected a number of"),
+        ({"SENDBEAT_MAX_MESSAGE_BYTES": "25M"}, "SENDBEAT_MAX_MESSAGE_BYTES='25M': expected a"),
+        ({"SENDBEAT_MAX_VARIABLES_BYTES": "-1"}, "SENDBEAT_MAX_VARIABLES_BYTES='-1'"),
+        ({"SENDBEAT_MAX_REFS": "many"}, "SENDBEAT_MAX_REFS='many'"),
+        ({"SENDBEAT_REF_MAX_TOTAL_BYTES": "0"}, "SENDBEAT_REF_MAX_TOTAL_BYTES='0'"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -47,3 +53,21 @@ def test_tls_verification_can_be_turned_off_for_rediss() -> None:
     assert Settings.from_env({**env, "SENDBEAT_REDIS_TLS_VERIFY": "1"}).redis_url == (
         "rediss://:pw@h.example:6380"
     )
+
+
+def test_message_limits_come_from_their_variables() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.message_limits == MessageLimits()
+    assert (defaults.max_recipients, defaults.max_message_bytes) == (1000, 25 * 1024 * 1024)
+    assert (defaults.max_variables_bytes, defaults.max_refs) == (1024 * 1024, 20)
+    assert defaults.ref_max_total_bytes == 25 * 1024 * 1024
+    env = {
+        "SENDBEAT_MAX_RECIPIENTS": "50",
+        "SENDBEAT_MAX_MESSAGE_BYTES": "10485760",
+        "SENDBEAT_MAX_VARIABLES_BYTES": "4096",
+        "SENDBEAT_MAX_REFS": "0",
+        "SENDBEAT_REF_MAX_TOTAL_BYTES": "1000",
+    }
+    settings = Settings.from_env(env)
+    assert settings.message_limits == MessageLimits(50, 10485760, 4096, 0)
+    assert settings.ref_max_total_bytes == 1000

@@ -46,7 +46,7 @@ def envelopes(**changes: Any) -> list[Envelope]:
         },
     }
     arguments.update(changes)
-    return render(arguments, now=NOW, mail_domain="mail.test")
+    return list(render(arguments, now=NOW, mail_domain="mail.test"))
 
 
 @dataclass
