@@ -4,16 +4,22 @@
 them into a real Maildir, ``console://`` only logs them. Every transport turns failures
 into ``TransientDeliveryError`` (worth retrying: connection trouble, timeouts, SMTP 4xx)
 or ``PermanentDeliveryError`` (SMTP 5xx, refused credentials, misconfiguration).
-A transport object serves one worker thread at a time.
+Transports are safe to share between a worker's threads (the SMTP one keeps a pool of
+connections).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mailbox
 import os
+import select
 import smtplib
 import ssl
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -166,49 +172,121 @@ def _redact(url: str) -> str:
     return url.replace(f":{parts.password}@", ":***@", 1)
 
 
-class SmtpTransport:
-    """Delivers over one SMTP connection, kept open across sends and reopened when the
-    server has dropped it."""
+@dataclass
+class _Session:
+    """One open SMTP connection and what the pool needs to know to reuse it."""
 
-    def __init__(self, config: SmtpConfig, *, timeout: float = 30.0) -> None:
+    smtp: smtplib.SMTP
+    opened: float
+    used: float
+    sent: int = 0
+
+    def stale(self) -> bool:
+        """Whether the server has spoken since our last reply (a 421 or a closed
+        connection: it ended the session while idle). One poll of the socket, no round
+        trip: a NOOP before every message would double the relay's latency."""
+        sock = self.smtp.sock
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.smtp.close()
+
+
+class SmtpTransport:
+    """Delivers over a pool of SMTP connections shared by a worker's threads: each send
+    takes an idle connection (or opens one, at most ``size`` at once) and gives it back
+    for the next message. A connection is not reused after a failure, after ``max_sent``
+    messages (relays end long sessions), after ``max_idle`` seconds unused (servers end
+    idle sessions), or once the server has spoken unasked (a 421, or a close)."""
+
+    def __init__(
+        self,
+        config: SmtpConfig,
+        *,
+        timeout: float = 30.0,
+        size: int = 8,
+        max_sent: int = 100,
+        max_idle: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.timeout = timeout
-        self._smtp: smtplib.SMTP | None = None
+        self.max_sent = max_sent
+        self.max_idle = max_idle
+        self._clock = clock
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._idle: list[_Session] = []  # the most recently used last
+        self.opened = 0  # connections opened so far (for tests and the benchmark)
 
     def send(self, envelope: Envelope) -> SendResult:
-        try:
-            refused = self._connection().send_message(
-                envelope.message, from_addr=envelope.mail_from, to_addrs=list(envelope.rcpt_to)
-            )
-        except (smtplib.SMTPException, OSError) as error:
-            self._drop()  # after a failure the session state is unknown: start afresh
-            raise self._classify(error) from error
+        with self._slots:
+            session = self._take() or self._open()
+            try:
+                refused = session.smtp.send_message(
+                    envelope.message,
+                    from_addr=envelope.mail_from,
+                    to_addrs=list(envelope.rcpt_to),
+                )
+            except (smtplib.SMTPException, OSError) as error:
+                session.close()  # after a failure the session state is unknown
+                raise self._classify(error) from error
+            except BaseException:
+                session.close()
+                raise
+            session.sent += 1
+            self._give_back(session)
         rejected = {address: _reply(code, text) for address, (code, text) in refused.items()}
         accepted = tuple(address for address in envelope.rcpt_to if address not in rejected)
         return SendResult(_message_id(envelope), accepted, rejected)
 
     def close(self) -> None:
-        if self._smtp is None:
+        with self._lock:
+            sessions, self._idle = self._idle, []
+        for session in sessions:
+            try:
+                session.smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                pass  # the server went away first; nothing left to end
+            finally:
+                session.close()
+
+    def _take(self) -> _Session | None:
+        """An idle connection still fit for a message, or None; the unfit are closed."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                session = self._idle.pop()
+            if self._clock() - session.used <= self.max_idle and not session.stale():
+                return session
+            session.close()
+
+    def _give_back(self, session: _Session) -> None:
+        if session.sent >= self.max_sent:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                session.smtp.quit()
+            session.close()
             return
-        try:
-            self._smtp.quit()
-        except (smtplib.SMTPException, OSError):
-            pass  # the server went away first; nothing left to end
-        finally:
-            self._drop()
+        session.used = self._clock()
+        with self._lock:
+            self._idle.append(session)
 
-    def _connection(self) -> smtplib.SMTP:
-        if self._smtp is not None and not self._alive(self._smtp):
-            self._drop()
-        if self._smtp is None:
-            self._smtp = self._connect()
-        return self._smtp
-
-    def _alive(self, smtp: smtplib.SMTP) -> bool:
+    def _open(self) -> _Session:
         try:
-            return smtp.noop()[0] == 250
-        except (smtplib.SMTPException, OSError):
-            return False
+            smtp = self._connect()
+        except (smtplib.SMTPException, OSError) as error:
+            raise self._classify(error) from error
+        self.opened += 1
+        now = self._clock()
+        return _Session(smtp, opened=now, used=now)
 
     def _connect(self) -> smtplib.SMTP:
         config = self.config
@@ -244,11 +322,6 @@ class SmtpTransport:
                     f"{config.where}: refusing to send credentials without TLS"
                 )
             smtp.login(config.username, config.password or "")
-
-    def _drop(self) -> None:
-        if self._smtp is not None:
-            self._smtp.close()
-            self._smtp = None
 
     def _classify(self, error: BaseException) -> DeliveryError:
         where = self.config.where

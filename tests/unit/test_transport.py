@@ -3,6 +3,7 @@ AUTH, implicit TLS), a Maildir in tmp_path, and the console logger."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email
 import logging
@@ -10,7 +11,9 @@ import mailbox
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
@@ -24,7 +27,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from app.core.errors import PermanentDeliveryError, TransientDeliveryError
 from app.core.message import Envelope, render
-from workers.transport import SmtpConfig, transport_from_url
+from workers.transport import SmtpConfig, SmtpTransport, transport_from_url
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 ATTACHMENT = b"\x00\x01binary\xff\r\n"
@@ -214,6 +217,91 @@ def test_smtp_keeps_its_connection_and_reconnects_after_the_server_restarts(
         transport.close()
     assert len(inbox.received) == 3
     assert len({received.session for received in inbox.received}) == 2
+
+
+def pooled(port: int, **options: Any) -> SmtpTransport:
+    return SmtpTransport(SmtpConfig.from_url(f"smtp://127.0.0.1:{port}"), timeout=5, **options)
+
+
+def numbered(count: int) -> list[Envelope]:
+    recipients = {f"r{i}@example.com": {"n": i} for i in range(count)}
+    return list(render(
+        {"recipients": recipients, "headers": {"from": "s@example.com", "subject": "No {{n}}"},
+         "content": {"text/plain": "Number {{n}}"}},
+        now=NOW, mail_domain="mail.test", instance_id="pool",
+    ))  # fmt: skip
+
+
+def test_threads_share_the_pool_and_every_message_arrives_once_and_whole(
+    inbox: Inbox, plain: Controller
+) -> None:
+    transport = pooled(plain.port, size=4)
+    sent = numbered(200)
+    try:
+        with ThreadPoolExecutor(max_workers=16) as threads:
+            results = list(threads.map(transport.send, sent))
+    finally:
+        transport.close()
+    assert [r.accepted for r in results] == [e.rcpt_to for e in sent]
+    arrived = sorted((r.parsed()["To"], r.parsed()["Subject"]) for r in inbox.received)
+    assert arrived == sorted((f"r{i}@example.com", f"No {i}") for i in range(200))
+    assert all(r.parsed().get_content().strip().startswith("Number ") for r in inbox.received)
+    assert transport.opened <= 4  # at most `size` at once, each reused
+    assert len({r.session for r in inbox.received}) <= 4
+
+
+def test_a_connection_carries_at_most_max_sent_messages(inbox: Inbox, plain: Controller) -> None:
+    transport = pooled(plain.port, size=1, max_sent=3)
+    try:
+        for envelope in numbered(7):
+            transport.send(envelope)
+    finally:
+        transport.close()
+    assert transport.opened == 3  # 3 + 3 + 1
+    assert len({r.session for r in inbox.received}) == 3
+
+
+def test_an_idle_connection_past_max_idle_is_replaced(inbox: Inbox, plain: Controller) -> None:
+    now = [0.0]
+    transport = pooled(plain.port, size=1, max_idle=30, clock=lambda: now[0])
+    try:
+        transport.send(numbered(1)[0])
+        now[0] = 29
+        transport.send(numbered(1)[0])
+        now[0] = 60
+        transport.send(numbered(1)[0])
+    finally:
+        transport.close()
+    assert transport.opened == 2
+
+
+class Closing(Inbox):
+    """Answers the first message, then ends the session unasked (421), as relays do."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+
+        def hang_up() -> None:
+            server.transport.write(b"421 4.4.2 idle too long\r\n")
+            server.transport.close()
+
+        asyncio.get_running_loop().call_later(0.05, hang_up)
+        return reply
+
+
+def test_a_connection_the_server_ended_is_not_reused() -> None:
+    inbox = Closing()
+    controller = serve(inbox)
+    transport = pooled(controller.port, size=1)
+    try:
+        transport.send(numbered(1)[0])
+        time.sleep(0.3)  # the 421 and the close arrive while the connection is idle
+        transport.send(numbered(1)[0])  # no failure, no NOOP: a fresh connection
+    finally:
+        transport.close()
+        controller.stop()
+    assert transport.opened == 2
+    assert len(inbox.received) == 2
 
 
 def test_smtp_auth_over_starttls(inbox: Inbox, starttls: Controller) -> None:
