@@ -30,6 +30,7 @@ the Redis server are stopped in ``finally`` blocks.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import re
@@ -71,13 +72,17 @@ INSTANCE_HEADER = re.compile(rb"^X-Sendbeat-Instance:\s*(\S+)", re.I | re.M)
 
 @dataclass
 class CountingSink:
-    """An aiosmtpd handler that accepts everything at once and counts it."""
+    """An aiosmtpd handler that counts what it accepts; it answers each message after
+    ``delay`` seconds, as a relay on another host does (sessions wait concurrently)."""
 
+    delay: float = 0.0
     times: list[float] = field(default_factory=list)
     instances: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         found = INSTANCE_HEADER.search(envelope.content)
         with self.lock:
             self.times.append(time.time())
@@ -134,15 +139,31 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "celery", "--app", "workers.main", "worker"]
-    command += ["--concurrency", str(concurrency), "--without-gossip", "--without-mingle"]
-    command += ["--loglevel", "INFO"]
+def start_worker(
+    env: dict[str, str], flags: list[str], log: Path, app: str = "workers.main"
+) -> subprocess.Popen[bytes]:
+    """The Procfile's worker line, with ``flags`` (--pool, --concurrency) added."""
+    command = [sys.executable, "-m", "celery", "--app", app, "worker"]
+    command += ["--loglevel", "INFO", "--without-gossip", "--without-mingle", *flags]
     with log.open("wb") as out:
         return subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+
+
+def worker_flags(args: argparse.Namespace) -> list[str]:
+    flags = [] if args.pool is None else ["--pool", args.pool]
+    return flags + ([] if args.concurrency is None else ["--concurrency", str(args.concurrency)])
+
+
+def profile(worker: subprocess.Popen[bytes], output: Path) -> subprocess.Popen[bytes]:
+    """py-spy samples the worker (and its pool children) while it drains the queue."""
+    command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.pid)]
+    command += ["--subprocesses", "--duration", "15", "--rate", "200", "--output", str(output)]
+    if output.suffix == ".txt":
+        command += ["--format", "raw"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def stop_worker(worker: subprocess.Popen[bytes] | None) -> None:
@@ -159,28 +180,32 @@ def stop_worker(worker: subprocess.Popen[bytes] | None) -> None:
 
 @dataclass
 class Result:
+    kind: str  # "sendbeat" or "anchor"
+    delay: float  # the sink's ms per message
     n: int
-    concurrency: int
     enqueue_s: float
-    queued: int  # LLEN after queueing
+    queued: int  # the queue's length before the worker started
     started_at: float  # the worker process' start (time.time())
     received: int = 0
     first_at: float | None = None
     last_at: float | None = None
+    cpu_first: float | None = None  # the worker's CPU seconds at the first message
+    cpu_last: float | None = None  # ... and at the N-th
+    rss_mib: float | None = None
     statuses: dict[str, int] = field(default_factory=dict)
     distinct: int = 0  # distinct instance ids among the messages received
     note: str = ""
 
     @property
-    def complete(self) -> bool:
-        return self.received == self.n
+    def span(self) -> float | None:
+        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
+            return None
+        return self.last_at - self.first_at
 
     @property
     def rate(self) -> float | None:
         """N / (last message - first message): the worker draining a full queue."""
-        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
-            return None
-        return self.received / (self.last_at - self.first_at)
+        return None if self.span is None else self.received / self.span
 
     @property
     def from_start(self) -> float | None:
@@ -188,21 +213,48 @@ class Result:
         return None if self.last_at is None else self.received / (self.last_at - self.started_at)
 
     @property
+    def cpu_per_k(self) -> float | None:
+        if self.cpu_first is None or self.cpu_last is None or not self.received:
+            return None
+        return (self.cpu_last - self.cpu_first) * 1000 / self.received
+
+    @property
     def ok(self) -> bool:
         succeeded = self.statuses.get(InstanceStatus.SUCCEEDED, 0)
-        return self.complete and succeeded == self.n and self.distinct == self.n
+        return self.received == self.n and succeeded == self.n and self.distinct == self.n
+
+
+def group_usage(pgid: int) -> tuple[float, float]:
+    """(CPU seconds, resident MiB) of every live process in a process group: the worker
+    and, with prefork, its pool children (each started in its own session)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = rss = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields[2] is the 5th field of stat: pgrp
+            cpu += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            rss += int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return cpu, rss
 
 
 def wait_for_messages(
-    sink: CountingSink, n: int, worker: subprocess.Popen[bytes], timeout: float
+    sink: CountingSink, n: int, worker: subprocess.Popen[bytes], timeout: float, result: Result
 ) -> str:
+    """Wait for the N-th message, noting the worker's CPU when the first arrives and
+    when the last does."""
     deadline = time.monotonic() + timeout
     while sink.count < n:
+        if result.cpu_first is None and sink.count:
+            result.cpu_first = group_usage(worker.pid)[0]
         if worker.poll() is not None:
             return f"worker exited with code {worker.returncode}"
         if time.monotonic() > deadline:
             return f"only {sink.count:,} of {n:,} within {timeout:.0f} s"
         time.sleep(0.02)
+    result.cpu_last, result.rss_mib = group_usage(worker.pid)
     return ""
 
 
@@ -221,45 +273,121 @@ def final_statuses(store: Store, ids: list[str]) -> dict[str, int]:
         time.sleep(0.2)
 
 
-def run(args: argparse.Namespace, tmp: Path, logs: Path) -> Result:
-    server = EmbeddedRedis(tmp / "redis", persistent=False).start()
-    sink = CountingSink()
+def measure(
+    sink: CountingSink,
+    result: Result,
+    worker: subprocess.Popen[bytes],
+    args: argparse.Namespace,
+) -> list[str]:
+    """Drain: the timings and CPU of ``result``; the instance ids the sink saw."""
+    spy = profile(worker, args.py_spy) if args.py_spy and result.kind == "sendbeat" else None
+    result.note = wait_for_messages(sink, args.n, worker, args.timeout, result)
+    with sink.lock:
+        times = sorted(sink.times)
+    result.received = len(times)
+    if times:
+        result.first_at, result.last_at = times[0], times[-1]
+    if spy is not None:
+        spy.wait(timeout=60)
+    time.sleep(0.5)  # a duplicate would arrive after the N-th: look again
+    with sink.lock:
+        result.received = len(sink.times)
+        return list(sink.instances)
+
+
+def run_sendbeat(
+    args: argparse.Namespace, server: EmbeddedRedis, delay: float, logs: Path
+) -> Result:
+    sink = CountingSink(delay=delay / 1000)
     smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
     smtp.start()
     redis = connect(server.url)
     worker = None
+    prefix = f"{PREFIX}{int(delay)}"
     try:
-        store = Store(redis, Keys(PREFIX))
+        store = Store(redis, Keys(prefix))
         _, key = store.create_project("bench", int(time.time()))
         settings = Settings(
             redis_url=server.url,
             mail_url=f"smtp://127.0.0.1:{smtp.port}",
-            key_prefix=PREFIX,
-            queue=QUEUE,
+            key_prefix=prefix,
+            queue=prefix,
             rate_limit_messaging="none",
         )
         began = time.perf_counter()
         ids = queue_messages(settings, store, key, args.n)
         enqueue_s = time.perf_counter() - began
-        result = Result(args.n, args.concurrency, enqueue_s, int(redis.llen(QUEUE)), time.time())
-        log = logs / f"worker-c{args.concurrency}.log"
-        worker = start_worker(worker_env(settings), args.concurrency, log)
-        result.note = wait_for_messages(sink, args.n, worker, args.timeout)
-        with sink.lock:
-            times, instances = sorted(sink.times), list(sink.instances)
-        result.received = len(times)
-        if times:
-            result.first_at, result.last_at = times[0], times[-1]
+        queued = int(redis.llen(prefix))
+        result = Result("sendbeat", delay, args.n, enqueue_s, queued, time.time())
+        log = logs / f"worker-sendbeat-{int(delay)}ms.log"
+        worker = start_worker(worker_env(settings), worker_flags(args), log)
+        instances = measure(sink, result, worker, args)
         result.statuses = final_statuses(store, ids)
-        time.sleep(0.5)  # a duplicate would arrive after the N-th: look again
-        with sink.lock:
-            result.received, instances = len(sink.times), list(sink.instances)
         result.distinct = len(set(instances) & set(ids))
         return result
     finally:
         stop_worker(worker)
         smtp.stop()
         redis.close()
+
+
+def run_anchor(args: argparse.Namespace, server: EmbeddedRedis, delay: float, logs: Path) -> Result:
+    """The same N messages through bench/anchor_app.py's plain task, same worker flags."""
+    sink = CountingSink(delay=delay / 1000)
+    smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    queue = f"anchor{int(delay)}"
+    env = {**os.environ, "ANCHOR_BROKER": server.url, "ANCHOR_QUEUE": queue}
+    env.update(ANCHOR_SMTP=f"127.0.0.1:{smtp.port}", PYTHONPATH=str(BENCH), PYTHONUNBUFFERED="1")
+    os.environ.update(ANCHOR_BROKER=server.url, ANCHOR_QUEUE=queue)
+    import anchor_app
+
+    anchor_app.app.conf.broker_url = server.url
+    anchor_app.app.conf.task_default_queue = queue
+    worker = None
+    try:
+        began = time.perf_counter()
+        with anchor_app.app.connection_for_write() as connection:
+            for i in range(args.n):
+                anchor_app.send.apply_async(
+                    ("alice@example.com", f"Report {i:06d}", "Hello, here is your report."),
+                    connection=connection,
+                    queue=queue,
+                )
+        enqueue_s = time.perf_counter() - began
+        redis = connect(server.url)
+        result = Result("anchor", delay, args.n, enqueue_s, int(redis.llen(queue)), time.time())
+        redis.close()
+        flags = anchor_flags(args)
+        log = logs / f"worker-anchor-{int(delay)}ms.log"
+        worker = start_worker(env, flags, log, app="anchor_app")
+        measure(sink, result, worker, args)
+        result.statuses = {InstanceStatus.SUCCEEDED: result.received}  # it keeps no records
+        result.distinct = result.received
+        return result
+    finally:
+        stop_worker(worker)
+        smtp.stop()
+
+
+def anchor_flags(args: argparse.Namespace) -> list[str]:
+    """sendbeat's worker flags, spelled out: its defaults come from sendbeat's settings."""
+    defaults = Settings()
+    pool = args.pool or defaults.worker_pool
+    concurrency = args.concurrency or defaults.worker_concurrency
+    return ["--pool", pool, "--concurrency", str(concurrency)]
+
+
+def run(args: argparse.Namespace, tmp: Path, logs: Path) -> list[Result]:
+    server = EmbeddedRedis(tmp / "redis", persistent=False).start()
+    results = []
+    try:
+        for delay in args.delay:
+            results.append(run_sendbeat(args, server, delay, logs))
+            if not args.no_anchor:
+                results.append(run_anchor(args, server, delay, logs))
+        return results
+    finally:
         server.stop()
 
 
@@ -270,36 +398,54 @@ def number(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def print_report(args: argparse.Namespace, r: Result) -> None:
-    print(f"code: {code_version()}; {os.cpu_count()} CPUs; worker --concurrency {r.concurrency}")
+def print_report(args: argparse.Namespace, results: list[Result]) -> None:
+    flags = " ".join(anchor_flags(args))
+    print(f"code: {code_version()}; {os.cpu_count()} CPUs; worker {flags}; N = {args.n:,}")
     print(f"command: {' '.join(['python', 'bench/send.py', *sys.argv[1:]])}")
     print()
-    header = ("N", "C", "enqueue s", "enqueue/s", "queued", "first->last s", "msgs/s")
-    rows = [(*header, "start->last s", "from start/s", "received", "succeeded")]
-    span = None if r.first_at is None or r.last_at is None else r.last_at - r.first_at
-    boot = None if r.last_at is None else r.last_at - r.started_at
-    rows.append(
-        (f"{r.n:,}", str(r.concurrency), f"{r.enqueue_s:.2f}", number(r.n / r.enqueue_s),
-         f"{r.queued:,}", "-" if span is None else f"{span:.2f}", number(r.rate),
-         "-" if boot is None else f"{boot:.2f}", number(r.from_start), f"{r.received:,}",
-         f"{r.statuses.get(InstanceStatus.SUCCEEDED, 0):,}")
-    )  # fmt: skip
+    rows = [("run", "relay delay", "msgs/s", "first->last s", "from start/s", "CPU s/1k msgs",
+             "worker RSS MiB", "received", "succeeded", "checks")]  # fmt: skip
+    for r in results:
+        span = "-" if r.span is None else f"{r.span:.2f}"
+        cpu = "-" if r.cpu_per_k is None else f"{r.cpu_per_k:.2f}"
+        rss = "-" if r.rss_mib is None else f"{r.rss_mib:.0f}"
+        succeeded = f"{r.statuses.get(InstanceStatus.SUCCEEDED, 0):,}"
+        rows.append(
+            (r.kind, f"{r.delay:.0f} ms", number(r.rate), span, number(r.from_start), cpu, rss,
+             f"{r.received:,}", succeeded, "ok" if r.ok else "FAILED")
+        )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)))
+    for delay in args.delay:
+        pair = [r for r in results if r.delay == delay]
+        ours = next((r.rate for r in pair if r.kind == "sendbeat"), None)
+        anchor = next((r.rate for r in pair if r.kind == "anchor"), None)
+        if ours and anchor:
+            print(f"{delay:.0f} ms relay: sendbeat / anchor = {ours / anchor:.2f}x")
     print("msgs/s = N / (last message - first message at the sink), the queue full from the")
-    print("start; from start/s counts from the worker process' start (boot included)")
-    print(f"execution statuses: {r.statuses}; distinct executions mailed: {r.distinct:,}")
-    if r.note:
-        print(f"incomplete: {r.note}")
-    print("checks: " + ("ok" if r.ok else "FAILED") + f" (N = {r.n:,})")
+    print("start; from start/s counts from the worker's start; CPU is the worker's (and its")
+    print("pool children's) between the first and the last message; RSS at the end")
+    for r in results:
+        if r.note:
+            print(f"{r.kind} {r.delay:.0f} ms incomplete: {r.note}")
+        if r.kind == "sendbeat":
+            print(f"sendbeat {r.delay:.0f} ms: statuses {r.statuses}; distinct {r.distinct:,}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="messages to send")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
+    parser.add_argument(
+        "--concurrency", type=int, help="worker --concurrency (default: the Procfile line's)"
+    )
+    parser.add_argument("--pool", help="worker --pool (default: the Procfile line's)")
+    parser.add_argument(
+        "--delay", type=float, nargs="+", default=[0, 50], help="the sink's ms per message"
+    )
+    parser.add_argument("--no-anchor", action="store_true", help="skip the plain-Celery run")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for sending")
+    parser.add_argument("--py-spy", type=Path, help="profile the worker into this SVG/.txt")
     parser.add_argument("--logs", type=Path, help="keep the worker log in this directory")
     return parser.parse_args(argv)
 
@@ -309,9 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sendbeat-bench-") as tmp:
         logs = args.logs or Path(tmp)
         logs.mkdir(parents=True, exist_ok=True)
-        result = run(args, Path(tmp), logs)
-    print_report(args, result)
-    return 0 if result.ok else 1
+        results = run(args, Path(tmp), logs)
+    print_report(args, results)
+    return 0 if all(r.ok for r in results) else 1
 
 
 if __name__ == "__main__":

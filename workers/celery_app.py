@@ -22,6 +22,9 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # Command-line flags (--pool, --concurrency) still win over these.
+        worker_pool=settings.worker_pool,
+        worker_concurrency=settings.worker_concurrency,
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],

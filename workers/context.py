@@ -1,10 +1,12 @@
 """Per-process dependencies of the worker and beat: the store, the publisher and the
-mail transport, built lazily after Celery forks its pool processes."""
+mail transport, built lazily after Celery forks its pool processes and shared by the
+process's threads (each is safe to share)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from app.core.keys import Keys
 from app.core.publisher import Publisher
@@ -20,30 +22,40 @@ class Context:
     store: Store
     publisher: Publisher
     _transport: Transport | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def transport(self) -> Transport:
-        if self._transport is None:
-            self._transport = transport_from_url(
-                self.settings.mail_url, timeout=self.settings.smtp_timeout
-            )
-        return self._transport
+        with self._lock:
+            if self._transport is None:
+                self._transport = transport_from_url(
+                    self.settings.mail_url,
+                    timeout=self.settings.smtp_timeout,
+                    connections=self.settings.worker_concurrency,
+                )
+            return self._transport
 
 
 _contexts: dict[tuple[int, Settings], Context] = {}
+_lock = threading.Lock()
 
 
 def context_for(settings: Settings) -> Context:
     """This process's context; a forked child builds its own connections."""
     key = (os.getpid(), settings)
-    if key not in _contexts:
-        store = Store(
-            connect(settings.redis_url),
-            Keys(settings.key_prefix),
-            retention_days=settings.retention_days,
-        )
-        publisher = Publisher(
-            settings.effective_broker_url, settings.queue, store_url=settings.redis_url
-        )
-        _contexts[key] = Context(settings, store, publisher)
-    return _contexts[key]
+    with _lock:
+        if key not in _contexts:
+            _contexts[key] = _build(settings)
+        return _contexts[key]
+
+
+def _build(settings: Settings) -> Context:
+    store = Store(
+        connect(settings.redis_url),
+        Keys(settings.key_prefix),
+        retention_days=settings.retention_days,
+    )
+    publisher = Publisher(
+        settings.effective_broker_url, settings.queue, store_url=settings.redis_url
+    )
+    return Context(settings, store, publisher)

@@ -49,12 +49,12 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-def transport_from_url(url: str, *, timeout: float = 30.0) -> Transport:
+def transport_from_url(url: str, *, timeout: float = 30.0, connections: int = 8) -> Transport:
     """Build (without connecting) the transport a MAIL_URL names; ValueError when the URL
-    is unusable."""
+    is unusable. ``connections`` bounds the SMTP connections open at once."""
     parts = urlsplit(url)
     if parts.scheme in ("smtp", "smtps"):
-        return SmtpTransport(SmtpConfig.from_url(url), timeout=timeout)
+        return SmtpTransport(SmtpConfig.from_url(url), timeout=timeout, size=connections)
     if parts.scheme == "maildir":
         if parts.netloc or not parts.path.startswith("/"):
             raise ValueError(f"MAIL_URL {url!r}: use maildir:///absolute/path (three slashes)")

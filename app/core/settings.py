@@ -21,6 +21,7 @@ _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$", 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 LOG_FORMATS = ("text", "json")
+WORKER_POOLS = ("threads", "prefork", "solo")
 
 
 class SettingsError(Exception):
@@ -49,6 +50,10 @@ class Settings:
     max_variables_bytes: int = 1024 * 1024
     max_refs: int = 20
     smtp_timeout: float = 30.0
+    # Sending waits on the relay, not the CPU: threads keep many sends in flight in one
+    # process (docs/operations.md, "Workers").
+    worker_pool: str = "threads"
+    worker_concurrency: int = 32
     max_body_bytes: int = 10 * 1024 * 1024
     batch_limit: int = 1000
     retention_days: int = 30
@@ -118,6 +123,10 @@ class Settings:
             ),
             max_refs=_int(env, "SENDBEAT_MAX_REFS", defaults.max_refs, 0),
             smtp_timeout=_float(env, "SENDBEAT_SMTP_TIMEOUT", defaults.smtp_timeout),
+            worker_pool=_choice(env, "SENDBEAT_WORKER_POOL", defaults.worker_pool, WORKER_POOLS),
+            worker_concurrency=_int(
+                env, "SENDBEAT_WORKER_CONCURRENCY", defaults.worker_concurrency, 1, 1000
+            ),
             max_body_bytes=_int(env, "SENDBEAT_MAX_BODY_BYTES", defaults.max_body_bytes, 1024),
             batch_limit=_int(env, "SENDBEAT_BATCH_LIMIT", defaults.batch_limit, 1),
             retention_days=_int(env, "SENDBEAT_RETENTION_DAYS", defaults.retention_days, 1),

@@ -54,6 +54,8 @@ class SmtpSink:
     delay: float = 0.0
     replies: list[str] = field(default_factory=list)
     refused: int = 0
+    # Drawn per message: (seconds to wait, the answer, or None for 250).
+    flaky: Callable[[], tuple[float, str | None]] | None = None
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -64,6 +66,13 @@ class SmtpSink:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.flaky is not None:
+            wait, answer = self.flaky()
+            await asyncio.sleep(wait)
+            if answer is not None:
+                with self.lock:
+                    self.refused += 1
+                return answer
         if self.delay:
             await asyncio.sleep(self.delay)
             # A sender that never hears 250 must assume the message was not taken
@@ -205,10 +214,15 @@ class Processes:
         return process
 
     def worker(
-        self, name: str = "worker", concurrency: int = 2, prefix: list[str] | None = None
+        self,
+        name: str = "worker",
+        concurrency: int = 2,
+        prefix: list[str] | None = None,
+        pool: str | None = None,
     ) -> subprocess.Popen[bytes]:
         process = self.start(
             "worker",
+            *(["--pool", pool] if pool else []),
             "--concurrency",
             str(concurrency),
             "--without-gossip",

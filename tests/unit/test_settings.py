@@ -32,6 +32,8 @@ def test_defaults() -> None:
         ({"SENDBEAT_MAX_VARIABLES_BYTES": "-1"}, "SENDBEAT_MAX_VARIABLES_BYTES='-1'"),
         ({"SENDBEAT_MAX_REFS": "many"}, "SENDBEAT_MAX_REFS='many'"),
         ({"SENDBEAT_REF_MAX_TOTAL_BYTES": "0"}, "SENDBEAT_REF_MAX_TOTAL_BYTES='0'"),
+        ({"SENDBEAT_WORKER_POOL": "gevent"}, "SENDBEAT_WORKER_POOL='gevent': expected one of"),
+        ({"SENDBEAT_WORKER_CONCURRENCY": "0"}, "SENDBEAT_WORKER_CONCURRENCY='0': expected a"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -53,6 +55,16 @@ def test_tls_verification_can_be_turned_off_for_rediss() -> None:
     assert Settings.from_env({**env, "SENDBEAT_REDIS_TLS_VERIFY": "1"}).redis_url == (
         "rediss://:pw@h.example:6380"
     )
+
+
+def test_the_worker_pool_and_its_concurrency_reach_celery() -> None:
+    from workers.celery_app import create_celery
+
+    default = create_celery(Settings.from_env({})).conf
+    assert (default.worker_pool, default.worker_concurrency) == ("threads", 32)
+    env = {"SENDBEAT_WORKER_POOL": "Prefork", "SENDBEAT_WORKER_CONCURRENCY": "4"}
+    chosen = create_celery(Settings.from_env(env)).conf
+    assert (chosen.worker_pool, chosen.worker_concurrency) == ("prefork", 4)
 
 
 def test_message_limits_come_from_their_variables() -> None:
