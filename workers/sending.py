@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -25,6 +26,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core import logs
+from app.core.clock import from_timestamp
 from app.core.errors import InvalidMessage, PermanentDeliveryError, TransientDeliveryError
 from app.core.message import render
 from app.core.publisher import reason
@@ -71,6 +73,7 @@ class Attempt:
     instance: Instance
     token: str
     lease: float
+    begun: datetime  # by Redis' clock, as start.lua saw it: the copies' Date
     started: float = field(default_factory=time.monotonic)
     held_at: float = field(default_factory=time.monotonic)  # the last hold Redis confirmed
     lost: str = ""  # why this attempt must stop ("lost", "paused", "deleted")
@@ -159,7 +162,8 @@ def run_instance(
         log.info("execution %s not started: it is %s", instance_id, start.status)
         return Outcome(start.status)
     logs.bind(event_id=instance.event_id)
-    attempt = Attempt(store, instance, start.token, lease, held_at=asked)
+    begun = from_timestamp(start.now_ms / 1000)
+    attempt = Attempt(store, instance, start.token, lease, begun, held_at=asked)
     with attempt.kept():
         try:
             return _run(attempt, transport, settings)
@@ -270,7 +274,7 @@ def _deliver(
     # number of recipients. Everything a copy could fail on is checked before the first.
     envelopes = render(
         resolved,
-        now=attempt.store.now(),
+        now=attempt.begun,
         mail_domain=settings.mail_domain,
         instance_id=instance.id,
         limits=settings.message_limits,

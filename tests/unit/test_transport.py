@@ -235,7 +235,7 @@ def numbered(count: int) -> list[Envelope]:
 def test_threads_share_the_pool_and_every_message_arrives_once_and_whole(
     inbox: Inbox, plain: Controller
 ) -> None:
-    transport = pooled(plain.port, size=4)
+    transport = pooled(plain.port, size=4, max_sent=1000)
     sent = numbered(200)
     try:
         with ThreadPoolExecutor(max_workers=16) as threads:
