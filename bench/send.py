@@ -160,7 +160,8 @@ def worker_flags(args: argparse.Namespace) -> list[str]:
 def profile(worker: subprocess.Popen[bytes], output: Path) -> subprocess.Popen[bytes]:
     """py-spy samples the worker (and its pool children) while it drains the queue."""
     command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.pid)]
-    command += ["--subprocesses", "--duration", "15", "--rate", "200", "--output", str(output)]
+    command += ["--subprocesses", "--gil", "--duration", "15", "--rate", "200"]
+    command += ["--output", str(output)]
     if output.suffix == ".txt":
         command += ["--format", "raw"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
