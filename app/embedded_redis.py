@@ -49,10 +49,18 @@ def _die_with_parent() -> None:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, *, persistent: bool = True, port: int | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        persistent: bool = True,
+        port: int | None = None,
+        bind: tuple[str, ...] = ("127.0.0.1",),
+    ):
         self.data_dir = data_dir
         self.persistent = persistent
         self.port = port or free_port()
+        self.bind = bind  # loopback first: the URL and the readiness check use it
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,7 +73,7 @@ class EmbeddedRedis:
         args = [
             str(server_binary()),
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", *self.bind,
             "--dir", str(self.data_dir.resolve()),
             "--daemonize", "no",
             "--appendonly", "yes" if self.persistent else "no",
