@@ -11,6 +11,7 @@ error, and the traceback goes to the log.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -31,7 +32,7 @@ from app.core.errors import InvalidMessage, PermanentDeliveryError, TransientDel
 from app.core.message import render
 from app.core.publisher import reason
 from app.core.records import Instance, InstanceStatus
-from app.core.scripts import Held, Started
+from app.core.scripts import Held, Start, Started
 from app.core.settings import Settings
 from app.core.store import Store
 from workers.remote import resolve_refs
@@ -166,7 +167,7 @@ def run_instance(
     attempt = Attempt(store, instance, start.token, lease, begun, held_at=asked)
     with attempt.kept():
         try:
-            return _run(attempt, transport, settings)
+            return _run(attempt, transport, settings, _arguments(start, instance, settings))
         except Stopped as stop:
             return _stopped(attempt, stop.why)
         except RedisError:
@@ -182,11 +183,10 @@ def run_instance(
             return _end(attempt, InstanceStatus.FAILED, error=_describe(exc))
 
 
-def _run(attempt: Attempt, transport: Transport, settings: Settings) -> Outcome:
+def _run(
+    attempt: Attempt, transport: Transport, settings: Settings, found: tuple[Any, int]
+) -> Outcome:
     store, instance = attempt.store, attempt.instance
-    found = attempt.patiently(lambda: _arguments(store, instance, settings))
-    if found is None:
-        return _end(attempt, InstanceStatus.CANCELLED, error="The scheduled event was deleted.")
     arguments, retries = found
     try:
         result = _deliver(attempt, transport, settings, arguments)
@@ -256,11 +256,15 @@ def _describe(exc: BaseException) -> str:
     return f"Internal error: {type(exc).__name__}: {reason(exc)}"[:ERROR_CHARS]
 
 
-def _arguments(store: Store, instance: Instance, settings: Settings) -> tuple[Any, int] | None:
-    """The send_message arguments to use, read at send time, and the retry budget."""
+def _arguments(start: Start, instance: Instance, settings: Settings) -> tuple[Any, int]:
+    """The send_message arguments to use and the retry budget, as start.lua read them with
+    the start (an event's arguments are read when its execution starts, so an update
+    reaches the next attempt)."""
     if not instance.event_id:
         return instance.payload, settings.default_retries
-    return store.event_arguments(instance.event_id)
+    metadata = json.loads(start.event_metadata or "{}")
+    retries = settings.default_retries if start.event_retries is None else start.event_retries
+    return metadata.get("arguments"), retries
 
 
 def _deliver(

@@ -84,6 +84,10 @@ class Start:
     token: str = ""  # the attempt number, which fences every later write
     now_ms: int = 0
     record: dict[str, str] | None = None
+    # An event's execution: the event's retry budget and metadata (JSON), read with the
+    # start; None for a send_message execution.
+    event_retries: int | None = None
+    event_metadata: str | None = None
 
 
 class Held(StrEnum):
@@ -194,15 +198,22 @@ class Scripts:
         keys = [self._keys.instance(instance_id), self._keys.running, self._keys.retry,
                 self._keys.pending, self._keys.metrics_executions]  # fmt: skip
         if event_id:
-            keys += [self._keys.event(event_id), self._keys.event_inflight(event_id)]
+            keys += [self._keys.event(event_id), self._keys.event_inflight(event_id),
+                     self._keys.event_metadata(event_id)]  # fmt: skip
         reply = self._call("start", keys, [lease_ms, instance_id, retention, retries])
         text = _text(reply[0])
         status = Started(text) if text in Started.__members__.values() else InstanceStatus(text)
         if status is not Started.START:
             return Start(status)
-        flat = [_text(v) for v in reply[3:]]
+        event_retries, event_metadata = _text(reply[3]), _text(reply[4])
+        flat = [_text(v) for v in reply[5:]]
         return Start(
-            status, _text(reply[1]), int(reply[2]), dict(zip(flat[::2], flat[1::2], strict=True))
+            status,
+            _text(reply[1]),
+            int(reply[2]),
+            dict(zip(flat[::2], flat[1::2], strict=True)),
+            int(event_retries) if event_retries else None,
+            event_metadata if event_id else None,
         )
 
     def hold(

@@ -292,16 +292,6 @@ class Store:
         event = self._events([event_id])[0]
         return event if event is not None and event.project_id == project_id else None
 
-    def event_arguments(self, event_id: str) -> tuple[Any, int] | None:
-        """The event's send_message arguments and retry budget; None when it is gone."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hget(self.keys.event(event_id), "retries")
-        pipe.get(self.keys.event_metadata(event_id))
-        retries, metadata = pipe.execute()
-        if retries is None:
-            return None
-        return json.loads(metadata or "{}").get("arguments"), int(retries)
-
     def _events(self, ids: list[str]) -> list[Event | None]:
         pipe = self.redis.pipeline()
         for event_id in ids:

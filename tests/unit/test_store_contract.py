@@ -6,6 +6,7 @@ of the server's: the tests move time by hand instead of sleeping.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -611,3 +612,23 @@ def test_an_unpinned_store_decides_by_the_servers_clock(store: Store) -> None:
     assert abs(store.now().timestamp() - server) < 5
     now_ms, _ = store.due_events(1)
     assert abs(now_ms / 1000 - server) < 5
+
+
+def test_a_start_reads_what_the_send_needs_in_the_same_call(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 mins", retries=3)
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None
+    recorder = Recorder()
+    first = trigger(any_store, recorder, event)  # type: ignore[arg-type]
+    changed = {"arguments": {**ARGS["arguments"], "recipients": "new@example.com"}}
+    update_event(any_store, event, EventChanges(metadata=changed, retries=1))
+    at(any_store, T0 + 1)
+
+    start, _ = any_store.start(first.id, lease=300, retries=5)
+
+    assert start.status == "start"
+    assert start.event_retries == 1  # as the event says now, not when it was queued
+    assert json.loads(start.event_metadata or "") == changed
+    message = send_message(any_store, recorder, "p1", ARGS["arguments"], "m1")  # type: ignore[arg-type]
+    plain, _ = any_store.start(message.id, lease=300, retries=5)
+    assert (plain.status, plain.event_retries, plain.event_metadata) == ("start", None, None)

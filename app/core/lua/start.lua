@@ -14,14 +14,16 @@
 -- KEYS[4]  {p}:pending          ZSET instance id -> queued at (ms): it reached a worker,
 --                               so its publish needs no repeating
 -- KEYS[5]  {p}:metrics:executions HASH status -> count
--- KEYS[6]  the event HASH, KEYS[7] its :inflight ZSET — only for an event's execution
+-- KEYS[6]  the event HASH, KEYS[7] its :inflight ZSET, KEYS[8] its :metadata STRING —
+--          only for an event's execution
 -- ARGV[1]  now (epoch ms) when pinned, else ""
 -- ARGV[2]  lease (ms): how long this worker may hold the record before another takes over
 -- ARGV[3]  the instance id
 -- ARGV[4]  retention (seconds)
 -- ARGV[5]  the retry budget of an execution without an event (send_message)
--- Returns  {"start", attempt (the token), now (ms), the record's fields and values...}
---          when the caller must send it;
+-- Returns  {"start", attempt (the token), now (ms), the event's retries and metadata
+--          ("" and "" without an event), the record's fields and values...} when the
+--          caller must send it: what it needs to send, in this one call;
 --          {"failed"} or {"cancelled"} when it ended here; {"waiting"} for a retry whose
 --          time has not come; otherwise {status} ("succeeded", "running", ...), or
 --          {"gone"} when the record does not exist.
@@ -87,7 +89,12 @@ redis.call('HSET', record, 'status', 'running', 'lease_until', lease_until)
 redis.call('HSETNX', record, 'started_at', math.floor(now / 1000))
 redis.call('ZADD', KEYS[2], lease_until, id)
 redis.call('ZREM', KEYS[3], id)
-local out = {'start', attempt, now}
+local event_retries, event_metadata = '', ''
+if KEYS[6] then
+  event_retries = redis.call('HGET', KEYS[6], 'retries') or ''
+  event_metadata = redis.call('GET', KEYS[8]) or ''
+end
+local out = {'start', attempt, now, event_retries, event_metadata}
 for _, value in ipairs(redis.call('HGETALL', record)) do
   out[#out + 1] = value
 end
