@@ -99,14 +99,6 @@ def _replace_refs(value: object, fetch: Callable[[Mapping[str, Any]], object]) -
     return value  # str, numbers, bool and None are immutable
 
 
-def fetch_ref(
-    ref: Mapping[str, Any], *, settings: Settings, headers: Mapping[str, str | bytes] | None = None
-) -> object:
-    """Fetch one ``$ref`` and turn its body into a value (parsed data or base64 text)."""
-    body = fetch_body(ref, settings=settings, headers=headers)
-    return decode(body, ref_format(ref), ref["$ref"])
-
-
 def fetch_body(
     ref: Mapping[str, Any], *, settings: Settings, headers: Mapping[str, str | bytes] | None = None
 ) -> bytes:

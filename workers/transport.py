@@ -198,6 +198,12 @@ class _Session:
         with contextlib.suppress(OSError):
             self.smtp.close()
 
+    def end(self) -> None:
+        """End the session politely (QUIT), then close; a server gone first needs none."""
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            self.smtp.quit()
+        self.close()
+
 
 class SmtpTransport:
     """Delivers over a pool of SMTP connections shared by a worker's threads: each send
@@ -251,12 +257,7 @@ class SmtpTransport:
         with self._lock:
             sessions, self._idle = self._idle, []
         for session in sessions:
-            try:
-                session.smtp.quit()
-            except (smtplib.SMTPException, OSError):
-                pass  # the server went away first; nothing left to end
-            finally:
-                session.close()
+            session.end()
 
     def _take(self) -> _Session | None:
         """An idle connection still fit for a message, or None; the unfit are closed."""
@@ -271,9 +272,7 @@ class SmtpTransport:
 
     def _give_back(self, session: _Session) -> None:
         if session.sent >= self.max_sent:
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                session.smtp.quit()
-            session.close()
+            session.end()
             return
         session.used = self._clock()
         with self._lock:
