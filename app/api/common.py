@@ -11,14 +11,18 @@ from typing import Any
 from flask import current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from app.api.declare import Example
 from app.core.errors import SendbeatError, Unauthorized, ValidationError
 from app.core.events import Defaults
+from app.core.message import SURROGATE
 from app.core.publisher import Publisher
 from app.core.settings import Settings
 from app.core.store import Store
 
 UNAUTHORIZED = "Invalid or inactive project API key used."
 INTERNAL = "Internal error; it has been logged."
+# How the document shows a broker that refused a job (the reason varies).
+DISPATCH_FAILED = "Dispatcher error: Error 111 connecting to redis:6379. Connection refused."
 # Deeper than any real request (send_message arguments nest five or six levels); a
 # bound so that no body can make a parser, a walk or a renderer recurse without end.
 MAX_JSON_DEPTH = 32
@@ -79,6 +83,15 @@ class Internal(SendbeatError):
 
     def __init__(self) -> None:
         super().__init__(INTERNAL)
+
+
+def common_errors() -> dict[str, Example]:
+    """What any endpoint of either dialect can answer, as the document shows it."""
+    return {
+        "unauthorized": Example(Unauthorized(UNAUTHORIZED)),
+        "rate_limited": Example(RateLimited("Rate limit exceeded: 60 per 1 minute")),
+        "internal": Example(Internal()),
+    }
 
 
 @dataclass
@@ -185,19 +198,13 @@ def _check_json(value: Any) -> None:
 
 
 def _check_text(text: str, path: str) -> None:
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            where = f"{path[:200]}: " if path else ""
-            raise ValidationError(
-                f"{where}contains an unpaired surrogate (\\u{ord(text[_surrogate(text)]):04x});"
-                " send Unicode text"
-            ) from None
-
-
-def _surrogate(text: str) -> int:
-    return next(i for i, char in enumerate(text) if 0xD800 <= ord(char) <= 0xDFFF)
+    found = None if text.isascii() else SURROGATE.search(text)
+    if found is not None:
+        where = f"{path[:200]}: " if path else ""
+        escape = f"\\u{ord(found.group()):04x}"
+        raise ValidationError(
+            f"{where}contains an unpaired surrogate ({escape}); send Unicode text"
+        )
 
 
 def flatten_errors(messages: Any, path: str = "") -> list[str]:

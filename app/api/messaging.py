@@ -16,15 +16,14 @@ from marshmallow import ValidationError as SchemaError
 
 from app.api import schemas as s
 from app.api.common import (
+    DISPATCH_FAILED,
     NOT_AN_OBJECT,
-    UNAUTHORIZED,
-    Internal,
     InvalidJson,
     InvalidUtf8,
     NoSuchPath,
-    RateLimited,
     TooLarge,
     authenticate,
+    common_errors,
     flatten_errors,
     json_body,
     peek_json_body,
@@ -40,7 +39,6 @@ from app.core.errors import (
     NotFound,
     SendbeatError,
     UidTaken,
-    Unauthorized,
     ValidationError,
 )
 from app.core.events import create_events, delete_event, message_uid_taken, uid_taken, update_event
@@ -51,7 +49,6 @@ bp = Blueprint("messaging", __name__)
 
 PRIMARY = "/v.1.1/{}"
 ALIAS = "/v.1.0/{}.json"
-DISPATCH_FAILED = "Dispatcher error: Error 111 connecting to redis:6379. Connection refused."
 
 View = Callable[[dict[str, Any], str], Response]
 METHODS: dict[str, View] = {}
@@ -72,12 +69,10 @@ def _common(settings: Settings) -> Mapping[str, Example]:
     return {
         "not_an_object": example(ValidationError(NOT_AN_OBJECT)),
         "too_deep": example(too_deep()),
-        "unauthorized": example(Unauthorized(UNAUTHORIZED)),
         "invalid_json": example(InvalidJson()),
         "invalid_utf8": example(InvalidUtf8()),
         "too_large": example(TooLarge(settings.max_body_bytes)),
-        "rate_limited": example(RateLimited("Rate limit exceeded: 60 per 1 minute")),
-        "internal": example(Internal()),
+        **common_errors(),
     }
 
 

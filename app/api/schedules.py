@@ -18,11 +18,9 @@ from marshmallow import ValidationError as SchemaError
 
 from app.api import schemas as s
 from app.api.common import (
-    UNAUTHORIZED,
-    Internal,
     InvalidMethod,
-    RateLimited,
     authenticate,
+    common_errors,
     flatten_errors,
     services,
 )
@@ -45,7 +43,6 @@ bp = Blueprint("schedules", __name__)
 SCIM_ERROR = s.SCIM_ERROR_URN
 BASES = ("/api/unstable/schedules", "/api/v1/schedules")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-DISPATCH_FAILED = "Dispatcher error: Error 111 connecting to redis:6379. Connection refused."
 SEED_SCHEDULE_ID = "123e4567-e89b-12d3-a456-426614174000"
 INVALID_UUID = "Bad Request: scheduleId: Invalid uuid"
 INVALID_CURSOR = "Bad Request: cursor: Invalid cursor"
@@ -57,6 +54,10 @@ SCHEDULE_ID = {
     "schema": {"type": "string", "format": "uuid"},
     "example": SEED_SCHEDULE_ID,
 }
+
+
+def missing(schedule_id: str) -> str:
+    return f"Scheduled task with id {schedule_id} does not exist"
 
 
 def detail(exc: SendbeatError) -> str:
@@ -79,10 +80,8 @@ def problem(exc: SendbeatError) -> Response:
 
 def _common(settings: Settings) -> Mapping[str, Example]:
     return {
-        "unauthorized": example(Unauthorized(UNAUTHORIZED)),
         "invalid_method": example(InvalidMethod("Invalid method")),
-        "rate_limited": example(RateLimited("Rate limit exceeded: 60 per 1 minute")),
-        "internal": example(Internal()),
+        **common_errors(),
     }
 
 
@@ -102,7 +101,7 @@ DIALECT = Dialect(
 View = Callable[..., Response]
 _FOUND = {
     "invalid_uuid": example(ValidationError(INVALID_UUID)),
-    "not_found": example(NotFound(f"Scheduled task with id {SEED_SCHEDULE_ID} does not exist")),
+    "not_found": example(NotFound(missing(SEED_SCHEDULE_ID))),
 }
 _PAGED = {
     "bad_page_size": example(
@@ -182,10 +181,6 @@ def find_event(project_id: str, schedule_id: str) -> Event:
     if event is None:
         raise NotFound(missing(schedule_id))
     return event
-
-
-def missing(schedule_id: str) -> str:
-    return f"Scheduled task with id {schedule_id} does not exist"
 
 
 @bp.errorhandler(SendbeatError)

@@ -78,7 +78,7 @@ DEFAULT_REF_TYPE = "application/json"
 # value holding any of them, so they are refused when a message is created, not when
 # a worker builds it.
 _LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
-_SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates: not encodable as UTF-8
+SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates: not encodable as UTF-8
 # A mailbox in its plain RFC 5322 shape: addr-spec, or a display name then <addr-spec>
 # (no comments, no obsolete forms, no control characters; a dot in a display name needs
 # quotes). Every repetition takes one character or one quoted string, so matching is
@@ -242,7 +242,7 @@ def parse_address(text: object) -> Address | None:
     words took ~4 ms: a thousand of them, seconds of web CPU)."""
     if not isinstance(text, str) or len(text) > MAX_ADDRESS_CHARS:
         return None
-    if _LINE_BREAK.search(text) or _SURROGATE.search(text):
+    if _LINE_BREAK.search(text) or SURROGATE.search(text):
         return None
     name = ""
     if bare := _BARE.fullmatch(text):
@@ -373,9 +373,9 @@ def _structure_problems(value: object, path: str, limits: MessageLimits) -> Iter
         else:
             pairs = enumerate(item)
         for key, child in pairs:
-            if isinstance(key, str) and (bad := _SURROGATE.search(key)):
+            if isinstance(key, str) and (bad := SURROGATE.search(key)):
                 yield f"{_path(trail)}: the name '{_printable(key)}' {_surrogate(bad.group())}"
-            elif isinstance(child, str) and (bad := _SURROGATE.search(child)):
+            elif isinstance(child, str) and (bad := SURROGATE.search(child)):
                 yield f"{_path((trail, key))}: {_surrogate(bad.group())}"
             elif isinstance(child, (dict, list)):
                 stack.append((child, depth + 1, (trail, key)))
