@@ -126,11 +126,17 @@ class UidBody(Body):
     uid = fields.String(required=True, validate=UID)
 
 
-class PageBody(UidBody):
+class Paged(Body):
+    """The paging fields of both list methods."""
+
     page = fields.Integer(load_default=1, strict=True, validate=validate.Range(1, MAX_PAGE))
     per_page = fields.Integer(
         load_default=250, strict=True, validate=validate.Range(1, MAX_PER_PAGE)
     )
+
+
+class PageBody(Paged, UidBody):
+    pass
 
 
 class UpdateBody(UidBody):
@@ -149,13 +155,9 @@ class UpdateBody(UidBody):
         return {"uid": uid, "changes": EventChanges(**data)}
 
 
-class ListBody(Body):
+class ListBody(Paged):
     uid = fields.String(
         load_default=None, validate=UID, metadata={"description": "Echoed in the answer."}
-    )
-    page = fields.Integer(load_default=1, strict=True, validate=validate.Range(1, MAX_PAGE))
-    per_page = fields.Integer(
-        load_default=250, strict=True, validate=validate.Range(1, MAX_PER_PAGE)
     )
     status = fields.String(
         load_default=None, validate=validate.OneOf(["activated", "suspend", "completed"])
