@@ -44,7 +44,10 @@ def create_app(
         retention_days=settings.retention_days,
     )
     publisher = publisher or Publisher(
-        settings.effective_broker_url, settings.queue, store_url=settings.redis_url
+        settings.effective_broker_url,
+        settings.queue,
+        store_url=settings.redis_url,
+        batch=settings.task_batch,
     )
     app.extensions["sendbeat"] = Services(settings, store, publisher)
     app.register_blueprint(messaging.bp)

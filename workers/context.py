@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from app.core.keys import Keys
@@ -22,6 +23,7 @@ class Context:
     store: Store
     publisher: Publisher
     _transport: Transport | None = None
+    _senders: ThreadPoolExecutor | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -34,6 +36,17 @@ class Context:
                     connections=self.settings.worker_concurrency,
                 )
             return self._transport
+
+    @property
+    def senders(self) -> ThreadPoolExecutor:
+        """Threads that run the other executions of a task message beside its first;
+        the SMTP pool's size bounds how many of them send at once."""
+        with self._lock:
+            if self._senders is None:
+                self._senders = ThreadPoolExecutor(
+                    self.settings.worker_concurrency, thread_name_prefix="send"
+                )
+            return self._senders
 
 
 _contexts: dict[tuple[int, Settings], Context] = {}
@@ -56,6 +69,9 @@ def _build(settings: Settings) -> Context:
         retention_days=settings.retention_days,
     )
     publisher = Publisher(
-        settings.effective_broker_url, settings.queue, store_url=settings.redis_url
+        settings.effective_broker_url,
+        settings.queue,
+        store_url=settings.redis_url,
+        batch=settings.task_batch,
     )
     return Context(settings, store, publisher)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -43,6 +44,7 @@ log = logging.getLogger("sendbeat.worker")
 ERROR_CHARS = 500  # an error stored in a record is for reading, not a dump
 # How long a worker waits for Redis to answer before it gives a task back to the broker.
 START_PATIENCE = 30.0
+FRESH = 1.0  # seconds after a confirmed hold during which another would tell nothing new
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 
 
@@ -65,10 +67,10 @@ def backoff(attempt: int, *, base: float = 2.0, cap: float = 300.0) -> float:
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
-@dataclass
+@dataclass(eq=False)
 class Attempt:
-    """One worker's hold on one execution: its fencing token and its lease, renewed by a
-    heartbeat thread every third of the lease while the send runs."""
+    """One worker's hold on one execution: its fencing token and its lease, renewed by the
+    process' ``Keeper`` every third of the lease while the send runs."""
 
     store: Store
     instance: Instance
@@ -80,7 +82,6 @@ class Attempt:
     lost: str = ""  # why this attempt must stop ("lost", "paused", "deleted")
     sent: list[SendResult] = field(default_factory=list)  # copies this attempt got accepted
     sent_to: list[str] = field(default_factory=list)  # their recipients
-    _done: threading.Event = field(default_factory=threading.Event)
 
     def hold(self, delivered: list[str] | None = None, result: Any = None) -> None:
         """Renew the lease (recording the progress, when given); raise Stopped when the
@@ -101,6 +102,11 @@ class Attempt:
         if self.lost:
             raise Stopped(self.lost)
 
+    def fresh(self) -> bool:
+        """Whether Redis confirmed this attempt's hold (its start, or a hold) within the
+        last second: a hold now would tell nothing new."""
+        return time.monotonic() - self.held_at < FRESH
+
     def patiently(self, write: Any) -> Any:
         """Make ``write`` while Redis is unreachable for a moment (a restart, a failover),
         for as long as the lease may still be ours: a copy the SMTP server accepted must
@@ -109,30 +115,80 @@ class Attempt:
 
     @contextmanager
     def kept(self) -> Iterator[None]:
-        beat = threading.Thread(target=self._heartbeat, name="lease", daemon=True)
-        beat.start()
+        keeper = Keeper.of_this_process()
+        keeper.add(self)
         try:
             yield
         finally:
-            self._done.set()
-            beat.join()
+            keeper.remove(self)
 
-    def _heartbeat(self) -> None:
-        """Renew the lease until the send ends: after a pause or delete too, since the
-        sender still has to finish its copy and record what it sent."""
-        while not self._done.wait(self.lease / 3):
-            asked = time.monotonic()
-            try:
-                held, _ = self.store.hold(self.instance.id, self.token, lease=self.lease)
-            except Exception as exc:  # Redis away: the sender's own holds will tell
-                log.warning("could not renew the lease of %s: %s", self.instance.id, reason(exc))
-                continue
-            if held is Held.LOST:
-                return
-            self.held_at = max(self.held_at, asked)
+    def renew(self) -> bool:
+        """The keeper's renewal, after a pause or delete too (the sender still has to
+        finish its copy and record what it sent); False once the lease is lost."""
+        asked = time.monotonic()
+        try:
+            held, _ = self.store.hold(self.instance.id, self.token, lease=self.lease)
+        except Exception as exc:  # Redis away: the sender's own holds will tell
+            log.warning("could not renew the lease of %s: %s", self.instance.id, reason(exc))
+            return True
+        if held is Held.LOST:
+            return False
+        self.held_at = max(self.held_at, asked)
+        return True
 
     def took(self) -> float:
         return time.monotonic() - self.started
+
+
+class Keeper:
+    """Renews the leases of a process' running attempts, each every third of its lease:
+    one thread for all of them, not one per send."""
+
+    def __init__(self) -> None:
+        self._due: dict[Attempt, float] = {}  # attempt -> when to renew it (monotonic)
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+        threading.Thread(target=self._run, name="leases", daemon=True).start()
+
+    @staticmethod
+    def of_this_process() -> Keeper:
+        """A forked pool process starts its own (a thread does not survive a fork)."""
+        with _keepers_lock:
+            pid = os.getpid()
+            if pid not in _keepers:
+                _keepers[pid] = Keeper()
+            return _keepers[pid]
+
+    def add(self, attempt: Attempt) -> None:
+        with self._lock:
+            self._due[attempt] = attempt.held_at + attempt.lease / 3
+        self._changed.set()
+
+    def remove(self, attempt: Attempt) -> None:
+        with self._lock:
+            self._due.pop(attempt, None)
+
+    def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                due = [attempt for attempt, at in self._due.items() if at <= now]
+            for attempt in due:
+                renewed = attempt.renew()  # tried again a third of a lease later if Redis
+                with self._lock:  # was away; the sender may have removed it meanwhile
+                    if attempt in self._due:
+                        if renewed:
+                            self._due[attempt] = time.monotonic() + attempt.lease / 3
+                        else:
+                            del self._due[attempt]
+            with self._lock:
+                first = min(self._due.values(), default=None)
+                self._changed.clear()
+            self._changed.wait(None if first is None else max(0.0, first - time.monotonic()))
+
+
+_keepers: dict[int, Keeper] = {}
+_keepers_lock = threading.Lock()
 
 
 def patiently(call: Any, *, until: float) -> Any:
@@ -150,13 +206,21 @@ def patiently(call: Any, *, until: float) -> Any:
 
 
 def run_instance(
-    store: Store, transport: Transport, settings: Settings, instance_id: str, *, lease: float
+    store: Store,
+    transport: Transport,
+    settings: Settings,
+    instance_id: str,
+    *,
+    lease: float,
+    event_id: str | None = None,
 ) -> Outcome:
-    """Start, send and record one execution. Raises RedisError only when Redis stayed
+    """Start, send and record one execution (of the event ``event_id``, "" for none, when
+    the task said; else the store reads it). Raises RedisError only when Redis stayed
     unreachable: then nothing could be recorded, and the caller gives the task back."""
     asked = time.monotonic()
+    retries = settings.default_retries
     start, instance = patiently(
-        lambda: store.start(instance_id, lease=lease, retries=settings.default_retries),
+        lambda: store.start(instance_id, lease=lease, retries=retries, event_id=event_id),
         until=asked + START_PATIENCE,
     )
     if start.status is not Started.START or instance is None:
@@ -287,8 +351,10 @@ def _deliver(
         if envelope.recipient in instance.delivered:
             continue  # accepted on an earlier attempt; never send a copy twice
         # Before each copy: the lease is still ours and the event still wants it sent;
-        # the progress so far is recorded at the same time.
-        attempt.hold(instance.delivered, instance.result)
+        # the progress so far is recorded at the same time. Right after the start (which
+        # checked both) the first copy needs no second round trip.
+        if attempt.sent or not attempt.fresh():
+            attempt.hold(instance.delivered, instance.result)
         # Lets a reader (and the tests) tie each email to its execution record.
         envelope.message["X-Sendbeat-Instance"] = instance.id
         sent = transport.send(envelope)

@@ -8,26 +8,46 @@ from celery import shared_task
 from celery.exceptions import Reject
 from redis.exceptions import RedisError
 
-from app.core.publisher import SEND_MESSAGE_TASK
-from workers.context import context_for
+from app.core.publisher import SEND_MESSAGE_TASK, parse_entry
+from workers.context import Context, context_for
 from workers.sending import run_instance
 
 
 @shared_task(name=SEND_MESSAGE_TASK, bind=True)
-def send_message(self: Any, instance_id: str) -> str:
+def send_message(self: Any, *entries: str) -> list[str]:
+    """Run the executions of one task message (app.core.publisher: up to the batch size):
+    the first on this thread, the others side by side on the process' senders."""
+    if not entries:
+        return []
     context = context_for(self.app.sendbeat_settings)
-    try:
-        outcome = run_instance(
-            context.store,
-            context.transport,
-            context.settings,
-            instance_id,
-            lease=context.settings.send_lease,
-        )
-    except RedisError as exc:
+    first, *rest = entries
+    others = [context.senders.submit(_send, context, entry) for entry in rest]
+    outcomes: list[str] = []
+    unreachable: RedisError | None = None
+    for run in [lambda: _send(context, first), *(other.result for other in others)]:
+        try:
+            outcomes.append(run())
+        except RedisError as exc:
+            unreachable = exc
+    if unreachable is not None:
         # Redis stayed unreachable: hand the task back rather than ack it, or an execution
-        # never started would stay queued (one started is handed over when its lease ends).
-        raise Reject(exc, requeue=True) from exc
+        # never started would stay queued (one started is handed over when its lease
+        # ends; those that ended are not sent again: start.lua).
+        raise Reject(unreachable, requeue=True) from unreachable
     # A retry waits in Redis ({p}:retry) and beat publishes it when due: no broker ETA,
     # so no re-delivery when a long countdown outlives the visibility timeout.
+    return outcomes
+
+
+def _send(context: Context, entry: str) -> str:
+    instance_id, event_id = parse_entry(entry)
+    settings = context.settings
+    outcome = run_instance(
+        context.store,
+        context.transport,
+        settings,
+        instance_id,
+        lease=settings.send_lease,
+        event_id=event_id,
+    )
     return outcome.status

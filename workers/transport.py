@@ -11,6 +11,7 @@ connections).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import mailbox
 import os
@@ -357,7 +358,10 @@ def _reply(code: int, text: bytes | str) -> str:
     return f"{code} {text}".strip()
 
 
+@functools.cache
 def _tls_context(verify: bool) -> ssl.SSLContext:
+    """One context per process (they are thread-safe): loading the CA store costs ~25 ms,
+    which a new connection every ``max_sent`` messages must not pay each time."""
     context = ssl.create_default_context()
     if not verify:
         # tls_verify=0: for self-signed test servers only; the link is encrypted but

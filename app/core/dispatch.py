@@ -123,7 +123,8 @@ def dispatch_due(
     """
     now_ms, events = store.due_events(batch * batches)
     stamp = now_ms // 1000
-    queue, parts = publisher.direct_queue, publisher.template_parts
+    queue = publisher.direct_queue
+    tasks = publisher.messages.arguments if queue else ()
     written: list[tuple[str, str]] = []
     running: Future[list[tuple[str, str]]] | None = None
     sends: dict[str, int] = {}  # instance id -> the occurrence it sends, for metrics
@@ -131,11 +132,11 @@ def dispatch_due(
         claims = [plan_claim(e, stamp) for e in events[start : start + batch]]
         sends.update(c.send for c in claims if c.send is not None)
         if claimer is None:
-            written += store.claim(claims, queue, parts)
+            written += store.claim(claims, queue, tasks)
             continue
         if running is not None:
             written += running.result()
-        running = claimer.submit(store.claim, claims, queue, parts)
+        running = claimer.submit(store.claim, claims, queue, tasks)
     if running is not None:
         written += running.result()
     if queue is None:
@@ -168,10 +169,11 @@ def release_waiting(store: Store, publisher: Publisher, *, unconfirmed: float) -
     that queued them died in between). Workers start a record only once, so a second
     copy of a task is harmless."""
     keys = store.keys
-    queue, template = publisher.direct_queue, publisher.template
+    queue = publisher.direct_queue
+    tasks = publisher.messages.arguments if queue else ()
     published = 0
     for waiting, grace in ((keys.retry, 0.0), (keys.running, 0.0), (keys.pending, unconfirmed)):
-        ids = store.release(waiting, grace=grace, queue=queue, template=template)
+        ids = store.release(waiting, grace=grace, queue=queue, tasks=tasks)
         if ids and queue is None:
             publisher.publish(ids)
             store.forget_pending(ids)

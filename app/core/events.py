@@ -218,8 +218,8 @@ def _enqueue(
     publish is confirmed (a web that dies in between leaves it for beat to publish), and
     a publish that fails takes the record and its uid back."""
     queue = publisher.direct_queue
-    message = publisher.message(instance.id) if queue else ""
-    outcome, now_ms = store.enqueue(instance, queue=queue, message=message, uid=uid)
+    tasks = publisher.messages.arguments if queue else ()
+    outcome, now_ms = store.enqueue(instance, queue=queue, tasks=tasks, uid=uid)
     if outcome is not Enqueued.QUEUED:
         return outcome
     instance.scheduled_for = instance.enqueued_at = now_ms // 1000

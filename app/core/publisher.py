@@ -3,7 +3,9 @@
 Both the web (manual triggers, send_message) and beat publish through this one
 module. It writes Celery task-protocol-2 messages with kombu, Celery's own
 messaging library, so any Celery worker consuming ``queue`` runs them. A task
-carries only the execution record's id: the worker reads the rest from Redis.
+carries only execution ids (with their event's id where known): the worker reads the
+rest from Redis. One task carries up to ``batch`` executions, so a backlog costs the
+broker and the worker's Celery machinery one message per batch, not one per send.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import os
 import socket
 import threading
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -31,13 +32,29 @@ def task_queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name, durable=True)
 
 
-def task_message(instance_id: str, origin: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The body and headers of one send_message task in Celery's protocol 2."""
-    args = [instance_id]
+def entry(instance_id: str, event_id: str = "") -> str:
+    """One execution in a task's arguments: its id and its event's id, or "-" when it
+    has none (send_message), so the worker starts it without first asking Redis. A bare
+    id (release.lua's) leaves the worker to read the event id."""
+    return f"{instance_id} {event_id or '-'}"
+
+
+def parse_entry(text: str) -> tuple[str, str | None]:
+    """(instance id, event id: "" for none, None when the entry does not say)."""
+    instance_id, _, event_id = text.partition(" ")
+    if not event_id:
+        return instance_id, None
+    return instance_id, "" if event_id == "-" else event_id
+
+
+def task_message(entries: list[str], origin: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The body and headers of one send_message task in Celery's protocol 2: the task
+    runs every execution in ``entries``; its Celery task id is the first one's id."""
+    first = entries[0].split(" ", 1)[0]
     headers = {
         "lang": "py",
         "task": SEND_MESSAGE_TASK,
-        "id": instance_id,
+        "id": first,
         "shadow": None,
         "eta": None,
         "expires": None,
@@ -45,15 +62,15 @@ def task_message(instance_id: str, origin: str) -> tuple[tuple[Any, ...], dict[s
         "group_index": None,
         "retries": 0,
         "timelimit": [None, None],
-        "root_id": instance_id,
+        "root_id": first,
         "parent_id": None,
-        "argsrepr": repr(args),
+        "argsrepr": f"('{first}', ...)",
         "kwargsrepr": "{}",
         "origin": origin,
         "ignore_result": True,
     }
     body: tuple[Any, ...] = (
-        args,
+        entries,
         {},
         {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
     )
@@ -62,25 +79,36 @@ def task_message(instance_id: str, origin: str) -> tuple[tuple[Any, ...], dict[s
 
 class RedisMessages:
     """Task messages exactly as kombu's Redis transport stores them in the queue list,
-    so Redis-side code can push them without a kombu round trip each.
+    so Redis-side code (prelude.lua's ``push_tasks``) can write them without a kombu
+    round trip each.
 
-    One template serves every message: ``@@id@@`` stands for the execution id and
-    ``@@tag@@`` for kombu's delivery tag. The body is plain JSON (no ``body_encoding``,
-    which kombu reads as-is), so claim.lua fills the template by string substitution.
+    One template serves every message: ``@@ids@@`` stands for the entries, joined by
+    ``separator`` (they sit in a JSON list inside the JSON-encoded body, so the
+    separator is escaped twice), ``@@id@@`` for the first execution's id (the Celery
+    task id) and ``@@tag@@`` for kombu's delivery tag. The body is plain JSON (no
+    ``body_encoding``, which kombu reads as-is), so Lua fills the template, and adds an
+    entry to a message still waiting in the queue, by string operations alone.
     """
 
-    ID, TAG = "@@id@@", "@@tag@@"
+    IDS, ID, TAG = "@@ids@@", "@@id@@", "@@tag@@"
 
-    def __init__(self, queue: str, origin: str) -> None:
-        body, headers = task_message(self.ID, origin)
-        self.template = json.dumps(
+    def __init__(self, queue: str, origin: str, room: int) -> None:
+        self.room = room  # the most executions one message carries
+        self.template = self._encode([self.IDS], self.ID, origin, queue)
+        pair = self._encode(["@@a@@", "@@b@@"], self.ID, origin, queue)
+        self.separator = pair[pair.index("@@a@@") + 5 : pair.index("@@b@@")]
+
+    def _encode(self, entries: list[str], first: str, origin: str, queue: str) -> str:
+        body, headers = task_message(entries, origin)
+        headers.update(id=first, root_id=first, argsrepr=f"('{first}', ...)")
+        return json.dumps(
             {
                 "body": json.dumps(body),
                 "content-encoding": "utf-8",
                 "content-type": "application/json",
                 "headers": headers,
                 "properties": {
-                    "correlation_id": self.ID,
+                    "correlation_id": first,
                     "delivery_mode": 2,
                     "delivery_info": {"exchange": queue, "routing_key": queue},
                     "priority": 0,
@@ -90,14 +118,10 @@ class RedisMessages:
         )
 
     @property
-    def parts(self) -> list[str]:
-        """The template split around the id, the tag being the id too (claim.lua)."""
-        return self.template.replace(self.TAG, self.ID).split(self.ID)
-
-    def __call__(self, instance_id: str) -> str:
-        # A fresh tag: another copy of this execution may still be unacked somewhere.
-        tag = f"{instance_id}.{uuid.uuid4().hex[:12]}"
-        return self.template.replace(self.ID, instance_id).replace(self.TAG, tag)
+    def arguments(self) -> list[str | int]:
+        """What the Lua scripts that push task messages take: the template, the
+        separator and the room."""
+        return [self.template, self.separator, self.room]
 
 
 def same_redis(broker_url: str, redis_url: str) -> bool:
@@ -169,6 +193,7 @@ class Publisher:
         *,
         store_url: str | None = None,
         connect_timeout: float = 3.0,
+        batch: int = 16,
     ) -> None:
         self._url = broker_url
         self._queue = task_queue(queue)
@@ -176,24 +201,18 @@ class Publisher:
         # the same atomic step as the claim (``direct_queue`` is the list to push to).
         self.direct_queue = queue if store_url and same_redis(broker_url, store_url) else None
         self._origin = f"sendbeat@{socket.gethostname()}:{os.getpid()}"
-        self._messages = RedisMessages(queue, self._origin)
+        self._messages = RedisMessages(queue, self._origin, batch)
         self._link = BrokerLink(broker_url, connect_timeout, retries=1)
         self._declared_on: Connection | None = None  # the queue is declared once per connection
 
-    def message(self, instance_id: str) -> str:
-        return self._messages(instance_id)
-
     @property
-    def template_parts(self) -> list[str]:
-        return self._messages.parts
-
-    @property
-    def template(self) -> str:
-        """The message template with ``@@id@@`` and ``@@tag@@`` (release.lua fills it)."""
-        return self._messages.template
+    def messages(self) -> RedisMessages:
+        """How Lua writes this publisher's task messages (when ``direct_queue`` is set)."""
+        return self._messages
 
     def publish(self, instance_ids: Iterable[str]) -> None:
-        """Publish one task per execution id; raise DispatchError if the broker refuses."""
+        """Publish the executions (ids or ``entry()`` strings), up to the batch size per
+        task message; raise DispatchError if the broker refuses."""
         ids = list(instance_ids)
         if not ids:
             return
@@ -212,12 +231,13 @@ class Publisher:
         if self._declared_on is not connection:  # per connection, not per publish: round trips
             self._queue.declare(channel=producer.channel)
             self._declared_on = connection
-        for instance_id in ids:
-            body, headers = task_message(instance_id, self._origin)
+        room = self._messages.room
+        for start in range(0, len(ids), room):
+            body, headers = task_message(ids[start : start + room], self._origin)
             producer.publish(
                 body,
                 headers=headers,
-                correlation_id=instance_id,
+                correlation_id=headers["id"],
                 delivery_mode=2,
                 retry=False,
             )

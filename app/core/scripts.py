@@ -133,10 +133,11 @@ class Scripts:
         return [values[i : i + width] for i in range(0, len(values), width)]
 
     def claim(
-        self, claims: list[Claim], *, retention: int, queue: str | None, template: list[str]
+        self, claims: list[Claim], *, retention: int, queue: str | None, tasks: Sequence[Any]
     ) -> list[tuple[str, str]]:
         """Claim the occurrences (and push their task messages onto ``queue`` when the
-        broker is this Redis); return (instance id, status) for each record written."""
+        broker is this Redis; ``tasks`` is RedisMessages.arguments); return (instance id,
+        status) for each record written."""
         if not claims:
             return []
         keys = [self._keys.due, queue or self._keys.pending]
@@ -144,23 +145,22 @@ class Scripts:
         for claim in claims:
             records.append(claim.record(len(keys) + 1))
             keys += claim.keys(self._keys)
-        parts = template if queue else []
-        flat = self._call(
-            "claim",
-            keys,
-            [retention, "push" if queue else "pending", len(parts), *parts, "\x1e".join(records)],
-        )
+        template, separator, room = tasks if queue else ("", "", 0)
+        mode = "push" if queue else "pending"
+        args = [retention, mode, template, separator, room, "\x1e".join(records)]
+        flat = self._call("claim", keys, args)
         values = [_text(v) for v in flat]
         return list(zip(values[::2], values[1::2], strict=True))
 
     def release(
-        self, waiting: str, *, grace_ms: int, limit: int, queue: str | None, template: str
+        self, waiting: str, *, grace_ms: int, limit: int, queue: str | None, tasks: Sequence[Any]
     ) -> list[str]:
         """Release the due ids of a waiting set: pushed onto ``queue`` with their task
         messages, or (no queue) moved to {p}:pending for the caller to publish."""
         destination = queue or self._keys.pending
         mode = "push" if queue else "take"
-        _, *ids = self._call("release", [waiting, destination], [grace_ms, limit, mode, template])
+        args = [grace_ms, limit, mode, *(tasks if queue else ())]
+        _, *ids = self._call("release", [waiting, destination], args)
         return [_text(i) for i in ids]
 
     def enqueue(
@@ -169,18 +169,20 @@ class Scripts:
         *,
         retention: int,
         queue: str | None,
-        message: str,
+        entry: str,
+        tasks: Sequence[Any],
         project_id: str,
         event: tuple[str, str] | None = None,
         uid: str = "",
         payload: str = "",
     ) -> tuple[Enqueued, int]:
         """Record a manual trigger of ``event`` (id, uid), or a send_message (``uid``,
-        ``payload``), and push ``message`` onto ``queue`` (the broker is this Redis), or
-        without a queue mark it pending for the caller to publish."""
+        ``payload``), and push its task ``entry`` onto ``queue`` (the broker is this Redis;
+        ``tasks`` is RedisMessages.arguments), or without a queue mark it pending for the
+        caller to publish."""
         destination = queue or self._keys.pending
         keys = [self._keys.instance(instance_id), destination, self._keys.metrics_executions]
-        message = message if queue else ""
+        entry = entry if queue else ""
         if event is not None:
             event_id, event_uid = event
             keys += [self._keys.event(event_id), self._keys.event_inflight(event_id),
@@ -189,7 +191,8 @@ class Scripts:
         else:
             keys.append(self._keys.message_uids(project_id))
             args = ["api", project_id, uid, payload]
-        reply = self._call("enqueue", keys, [retention, instance_id, message, *args])
+        args += list(tasks) if entry else []
+        reply = self._call("enqueue", keys, [retention, instance_id, entry, *args])
         return Enqueued(_text(reply[0])), int(reply[1]) if len(reply) > 1 else 0
 
     def start(

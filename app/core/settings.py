@@ -54,6 +54,8 @@ class Settings:
     # process (docs/operations.md, "Workers").
     worker_pool: str = "threads"
     worker_concurrency: int = 32
+    # Executions per task message when there is a backlog (app.core.publisher).
+    task_batch: int = 16
     max_body_bytes: int = 10 * 1024 * 1024
     batch_limit: int = 1000
     retention_days: int = 30
@@ -127,6 +129,7 @@ class Settings:
             worker_concurrency=_int(
                 env, "SENDBEAT_WORKER_CONCURRENCY", defaults.worker_concurrency, 1, 1000
             ),
+            task_batch=_int(env, "SENDBEAT_TASK_BATCH", defaults.task_batch, 1, 100),
             max_body_bytes=_int(env, "SENDBEAT_MAX_BODY_BYTES", defaults.max_body_bytes, 1024),
             batch_limit=_int(env, "SENDBEAT_BATCH_LIMIT", defaults.batch_limit, 1),
             retention_days=_int(env, "SENDBEAT_RETENTION_DAYS", defaults.retention_days, 1),

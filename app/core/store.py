@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,6 +25,7 @@ from app.core import metrics
 from app.core.clock import from_timestamp
 from app.core.errors import NO_SUCH_UID, NotFound, UidTaken
 from app.core.keys import Keys
+from app.core.publisher import entry
 from app.core.records import (
     DUE_FIELDS,
     DueEvent,
@@ -350,22 +351,26 @@ class Store:
         return int(first[0][1]) if first else None
 
     def claim(
-        self, claims: list[Claim], queue: str | None = None, template: list[str] | None = None
+        self, claims: list[Claim], queue: str | None = None, tasks: Sequence[Any] = ()
     ) -> list[tuple[str, str]]:
         """Claim the occurrences; with ``queue`` (the broker is this Redis) also push their
-        task messages, built from ``template``'s parts, in the same atomic step."""
-        return self.scripts.claim(
-            claims, retention=self.retention, queue=queue, template=template or []
-        )
+        task messages (``tasks``: RedisMessages.arguments), in the same atomic step."""
+        return self.scripts.claim(claims, retention=self.retention, queue=queue, tasks=tasks)
 
     def release(
-        self, waiting: str, *, grace: float, queue: str | None, template: str, limit: int = 1000
+        self,
+        waiting: str,
+        *,
+        grace: float,
+        queue: str | None,
+        tasks: Sequence[Any] = (),
+        limit: int = 1000,
     ) -> list[str]:
         """Release what waits in ``waiting`` (retry, running or pending) longer than
         ``grace`` seconds past its time: onto ``queue``, or without one into pending for
         the caller to publish and then ``forget_pending``."""
         return self.scripts.release(
-            waiting, grace_ms=int(grace * 1000), limit=limit, queue=queue, template=template
+            waiting, grace_ms=int(grace * 1000), limit=limit, queue=queue, tasks=tasks
         )
 
     def forget_pending(self, instance_ids: list[str]) -> None:
@@ -399,18 +404,20 @@ class Store:
         instance: Instance,
         *,
         queue: str | None,
-        message: str,
+        tasks: Sequence[Any] = (),
         uid: str | None = None,
     ) -> tuple[Enqueued, int]:
         """Record a new execution (a manual trigger or send_message) as queued and push its
-        task ``message`` onto ``queue``, or mark it pending, in one step (enqueue.lua)."""
+        task onto ``queue`` (``tasks``: RedisMessages.arguments), or mark it pending, in
+        one step (enqueue.lua)."""
         event = (instance.event_id, instance.event_uid) if instance.event_id else None
         payload = json.dumps(instance.payload, separators=(",", ":")) if not event else ""
         return self.scripts.enqueue(
             instance.id,
             retention=self.retention,
             queue=queue,
-            message=message,
+            entry=entry(instance.id, instance.event_id),
+            tasks=tasks,
             project_id=instance.project_id,
             event=event,
             uid=uid or "",
@@ -435,10 +442,12 @@ class Store:
         return Instance.from_hash(instance_id, raw) if raw else None
 
     def start(
-        self, instance_id: str, *, lease: float, retries: int
+        self, instance_id: str, *, lease: float, retries: int, event_id: str | None = None
     ) -> tuple[Start, Instance | None]:
-        """Try to start an execution for this worker: (the start, the record as started)."""
-        event_id = self.redis.hget(self.keys.instance(instance_id), "event_id") or ""
+        """Try to start an execution for this worker: (the start, the record as started).
+        ``event_id`` is its event's ("" for none) when the task said; else it is read."""
+        if event_id is None:
+            event_id = self.redis.hget(self.keys.instance(instance_id), "event_id") or ""
         start = self.scripts.start(
             instance_id, event_id, lease_ms=int(lease * 1000), retention=self.retention,
             retries=retries,

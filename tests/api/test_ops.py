@@ -111,7 +111,7 @@ def _clients(redis: Redis) -> int:
 def ended(store: Store, status: str, took: float) -> None:
     """A send_message execution that a worker took ``took`` seconds to end in ``status``."""
     instance = Instance(new_id(), "p", "api", "queued", 0, 0, payload={})
-    store.enqueue(instance, queue=None, message="")
+    store.enqueue(instance, queue=None)
     start, _ = store.start(instance.id, lease=60, retries=0)
     assert store.finish(instance, start.token, status, took=took)
 

@@ -54,7 +54,8 @@ def test_trigger_queues_a_manual_run_and_keeps_the_schedule(
     [task] = queued_tasks(redis, settings)
     instance_id = task["headers"]["id"]  # type: ignore[index]
     assert task["headers"]["task"] == "sendbeat.send_message"  # type: ignore[index]
-    assert task["body"][0] == [instance_id]  # type: ignore[index]
+    # The task names the execution and its event, so the worker starts it in one call.
+    assert task["body"][0] == [f"{instance_id} {event_id}"]  # type: ignore[index]
     listed = api.call("list_scheduled_event_instances", {"uid": "ev"}).get_json()["data"]
     [instance] = listed["scheduled_event_instances"]
     assert instance["uid"] == instance_id

@@ -5,6 +5,7 @@ next recipient, and each copy keeps one Message-ID across attempts."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -269,3 +270,22 @@ def test_events_and_messages_are_validated_with_the_limits_given(store: Store) -
     with pytest.raises(ValidationError) as caught:
         update_event(store, event, EventChanges(metadata={"arguments": args}), limits=limits)
     assert caught.value.errors == [f"metadata.arguments.recipients: has 3 recipients; {too_many}"]
+
+
+def test_a_long_send_keeps_its_lease_renewed(store: Store) -> None:
+    instance = queued(store, recipients=["a@example.com"])
+    seen = []
+
+    def slow(envelope: Envelope) -> None:
+        store.clock.at += 0.5  # type: ignore[union-attr]
+        time.sleep(0.5)  # real time: the process' keeper renews every third of the lease
+        store.clock.at += 0.5  # type: ignore[union-attr]
+        # Past the first lease's end another worker still cannot take the execution over.
+        seen.append(store.start(instance.id, lease=0.6, retries=2)[0].status)
+
+    transport = Transport(slow)
+    assert run_instance(store, transport, Settings(), instance.id, lease=0.6).status == (
+        "succeeded"
+    )
+    assert seen == ["running"]
+    assert record(store, instance).attempts == 1

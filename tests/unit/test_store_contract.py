@@ -74,8 +74,6 @@ class Recorder:
     hands it to publish (the direct path is tested against real Redis below)."""
 
     direct_queue = None
-    template = ""
-    template_parts: tuple[str, ...] = ()
 
     def __init__(self, fail: bool = False) -> None:
         self.published: list[str] = []

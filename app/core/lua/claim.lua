@@ -20,10 +20,9 @@
 -- ARGV[1]  now (epoch ms) when pinned, else ""
 -- ARGV[2]  retention (seconds): instance records expire after this
 -- ARGV[3]  "push" (KEYS[2] is the queue) or "pending"
--- ARGV[4]  the number T of task message template parts that follow
--- ARGV[5..4+T] the parts (app.core.publisher.RedisMessages.parts): a message is the
---          parts joined with the instance id between each two
--- ARGV[5+T] the claims, one string: records separated by \30 (RS), each of 10 fields
+-- ARGV[4..6] "push": the task message template, its separator and room (prelude.lua's
+--          push_tasks); otherwise unused
+-- ARGV[7]  the claims, one string: records separated by \30 (RS), each of 10 fields
 --          separated by \31 (US) — one argument, so the client packs one string, not
 --          ten per claim (uids cannot hold control characters; the API refuses them):
 --          event id, scheduled epoch, next epoch ("" = none: the event is done),
@@ -38,17 +37,9 @@ local now = clock(ARGV[1])
 local stamp = math.floor(now / 1000)
 local retention = tonumber(ARGV[2])
 local push = ARGV[3] == 'push'
-local parts = tonumber(ARGV[4])
--- The message skeleton: parts at odd places, the instance id goes in the even ones.
-local skeleton = {}
-for i = 5, 4 + parts do
-  skeleton[#skeleton + 1] = ARGV[i]
-  skeleton[#skeleton + 1] = ''
-end
-skeleton[#skeleton] = nil
 
 local claims, ids = {}, {}
-for record in string.gmatch(ARGV[5 + parts], '[^\30]+') do
+for record in string.gmatch(ARGV[7], '[^\30]+') do
   local claim = {}
   for value in string.gmatch(record .. '\31', '([^\31]*)\31') do
     claim[#claim + 1] = value
@@ -77,7 +68,7 @@ local function write_instance(key, instances, c, id, at, status)
   out[#out + 1] = status
 end
 
-local moves, removed, messages = {}, {}, {}
+local moves, removed, entries = {}, {}, {}
 for i, c in ipairs(claims) do
   -- c: event id, scheduled, next, uid, project id, overlap, send id, send at, missed, base
   local score = scores[i]
@@ -111,10 +102,7 @@ for i, c in ipairs(claims) do
       else
         redis.call('ZADD', inflight, now + retention * 1000, send_id)
         if push then
-          for slot = 2, #skeleton, 2 do
-            skeleton[slot] = send_id
-          end
-          messages[#messages + 1] = table.concat(skeleton)
+          entries[#entries + 1] = send_id .. ' ' .. c[1]
         else
           redis.call('ZADD', KEYS[2], now, send_id)
         end
@@ -129,7 +117,7 @@ end
 if #removed > 0 then
   redis.call('ZREM', KEYS[1], unpack(removed))
 end
-if #messages > 0 then
-  redis.call('LPUSH', KEYS[2], unpack(messages))
+if push then
+  push_tasks(KEYS[2], ARGV[4], ARGV[5], ARGV[6], entries, now)
 end
 return out

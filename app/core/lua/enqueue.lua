@@ -6,8 +6,8 @@
 -- taken together with its record, never alone.
 --
 -- KEYS[1]  {p}:instance:{iid}  HASH the new execution record
--- KEYS[2]  the broker's queue LIST when the broker is this Redis (ARGV[4] is pushed onto
---          it), else {p}:pending: the caller publishes and then clears it; any beat
+-- KEYS[2]  the broker's queue LIST when the broker is this Redis (ARGV[4] goes onto it,
+--          prelude.lua's push_tasks), else {p}:pending: the caller publishes and then clears it; any beat
 --          publishes what stays there past a grace period (a web that died in between)
 -- KEYS[3]  {p}:metrics:executions HASH status -> count
 -- trigger "manual": KEYS[4] the event HASH, KEYS[5] its :inflight ZSET, KEYS[6] its
@@ -16,11 +16,12 @@
 -- ARGV[1]  now (epoch ms) when pinned, else ""
 -- ARGV[2]  retention (seconds)
 -- ARGV[3]  the instance id
--- ARGV[4]  the task message (pushed onto KEYS[2]), or "" when KEYS[2] is {p}:pending
+-- ARGV[4]  the task entry (pushed onto KEYS[2]), or "" when KEYS[2] is {p}:pending
 -- ARGV[5]  trigger: "manual" or "api"
 -- ARGV[6]  the project id
 -- manual:  ARGV[7] the event id, ARGV[8] the event uid
 -- api:     ARGV[7] the message uid ("" for none), ARGV[8] the arguments (JSON)
+-- ARGV[9..11] with a task entry: the message template, its separator and room
 -- Returns  {"queued", now (ms)}; {"gone"} (the event was deleted), {"conflict"} (overlap
 --          "skip" and an execution is in flight) or {"taken"} (the uid was used)
 
@@ -57,7 +58,7 @@ end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], retention)
 if ARGV[4] ~= '' then
-  redis.call('LPUSH', KEYS[2], ARGV[4])
+  push_tasks(KEYS[2], ARGV[9], ARGV[10], ARGV[11], {ARGV[4]}, now)
 else
   redis.call('ZADD', KEYS[2], now, id)
 end

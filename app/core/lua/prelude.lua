@@ -29,3 +29,54 @@ local function live_count(inflight, now)
   redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
   return redis.call('ZCARD', inflight)
 end
+
+-- Task messages, written here when the broker is this Redis (kombu's Redis transport: a
+-- LIST of JSON messages, pushed on the left and taken from the right). One message runs
+-- up to ``room`` executions (``entries``: "instance-id" or "instance-id event-id"),
+-- built from app.core.publisher.RedisMessages' template. An entry joins the newest
+-- message while that one still waits in the queue and has room: a backlog costs the
+-- broker and the worker one message per batch, while an entry pushed onto a drained
+-- queue still goes out alone, at once. No worker can be reading the message being
+-- joined: a script runs alone, and a message taken from the list is no longer in it.
+local function push_tasks(queue, template, sep, room, entries, now)
+  if #entries == 0 then
+    return
+  end
+  room = tonumber(room)
+  local at = string.find(template, '@@ids@@', 1, true)
+  local head, tail = string.sub(template, 1, at - 1), string.sub(template, at + 7)
+  local lead = string.sub(tail, 1, string.find(tail, '@@', 1, true) - 1)
+  local taken = 0
+  local newest = redis.call('LINDEX', queue, 0)
+  if newest and string.sub(newest, 1, #head) == head then
+    local stop = string.find(newest, lead, #head + 1, true)
+    if stop then
+      local ids = string.sub(newest, #head + 1, stop - 1)
+      local count, from = 1, 1
+      while true do
+        local found = string.find(ids, sep, from, true)
+        if not found then
+          break
+        end
+        count, from = count + 1, found + #sep
+      end
+      if count < room then
+        taken = math.min(room - count, #entries)
+        local joined = ids .. sep .. table.concat(entries, sep, 1, taken)
+        redis.call('LSET', queue, 0, head .. joined .. string.sub(newest, stop))
+      end
+    end
+  end
+  local messages = {}
+  for first = taken + 1, #entries, room do
+    local last = math.min(first + room - 1, #entries)
+    local id = string.match(entries[first], '^%S+')
+    local message = head .. table.concat(entries, sep, first, last) .. tail
+    message = string.gsub(message, '@@id@@', id)
+    message = string.gsub(message, '@@tag@@', id .. '.' .. now)
+    messages[#messages + 1] = message
+  end
+  if #messages > 0 then
+    redis.call('LPUSH', queue, unpack(messages))
+  end
+end

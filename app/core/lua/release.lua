@@ -14,8 +14,8 @@
 -- ARGV[2]  grace (ms): only entries older than now - grace are due
 -- ARGV[3]  the most to release
 -- ARGV[4]  "push" or "take"
--- ARGV[5]  push: the task message template, with @@id@@ for the instance id and @@tag@@
---          for a delivery tag unique to this copy
+-- ARGV[5..7] push: the task message template, its separator and room (prelude.lua's
+--          push_tasks)
 -- Returns  {now (ms), instance id, ...}: what was released
 
 local now = clock(ARGV[1])
@@ -25,9 +25,6 @@ local out = {now}
 for _, id in ipairs(due) do
   if ARGV[4] == 'push' then
     redis.call('ZREM', KEYS[1], id)
-    local message = string.gsub(ARGV[5], '@@id@@', id)
-    message = string.gsub(message, '@@tag@@', id .. '.' .. now)
-    redis.call('LPUSH', KEYS[2], message)
   else
     redis.call('ZADD', KEYS[2], now, id)
     if KEYS[1] ~= KEYS[2] then
@@ -35,5 +32,8 @@ for _, id in ipairs(due) do
     end
   end
   out[#out + 1] = id
+end
+if ARGV[4] == 'push' then
+  push_tasks(KEYS[2], ARGV[5], ARGV[6], ARGV[7], {unpack(out, 2)}, now)
 end
 return out
