@@ -153,8 +153,13 @@ def start_worker(
 
 
 def worker_flags(args: argparse.Namespace) -> list[str]:
-    flags = [] if args.pool is None else ["--pool", args.pool]
-    return flags + ([] if args.concurrency is None else ["--concurrency", str(args.concurrency)])
+    """--concurrency when asked; the pool goes by SENDBEAT_WORKER_POOL (``pool_env``):
+    Celery's --pool flag cannot pick prefork over a configured pool."""
+    return [] if args.concurrency is None else ["--concurrency", str(args.concurrency)]
+
+
+def pool_env(args: argparse.Namespace) -> dict[str, str]:
+    return {} if args.pool is None else {"SENDBEAT_WORKER_POOL": args.pool}
 
 
 def profile(worker: subprocess.Popen[bytes], output: Path) -> subprocess.Popen[bytes]:
@@ -314,6 +319,7 @@ def run_sendbeat(
             key_prefix=prefix,
             queue=prefix,
             rate_limit_messaging="none",
+            task_batch=args.batch,
         )
         began = time.perf_counter()
         ids = queue_messages(settings, store, key, args.n)
@@ -321,7 +327,8 @@ def run_sendbeat(
         queued = int(redis.llen(prefix))
         result = Result("sendbeat", delay, args.n, enqueue_s, queued, time.time())
         log = logs / f"worker-sendbeat-{int(delay)}ms.log"
-        worker = start_worker(worker_env(settings), worker_flags(args), log)
+        env = {**worker_env(settings), **pool_env(args)}
+        worker = start_worker(env, worker_flags(args), log)
         instances = measure(sink, result, worker, args)
         result.statuses = final_statuses(store, ids)
         result.distinct = len(set(instances) & set(ids))
@@ -441,6 +448,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--concurrency", type=int, help="worker --concurrency (default: the Procfile line's)"
     )
     parser.add_argument("--pool", help="worker --pool (default: the Procfile line's)")
+    parser.add_argument(
+        "--batch", type=int, default=Settings.task_batch, help="SENDBEAT_TASK_BATCH"
+    )
     parser.add_argument(
         "--delay", type=float, nargs="+", default=[0, 50], help="the sink's ms per message"
     )

@@ -36,9 +36,9 @@ def create_celery(settings: Settings) -> Celery:
         beat_scheduler="workers.beat:SendbeatScheduler",
         beat_max_loop_interval=settings.beat_max_sleep,
         worker_hijack_root_logger=False,
-        # Task events, so Flower (or `celery events`) can follow the workers.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost the worker three broker writes per task: off until a monitor
+        # asks (Flower turns them on by itself; `celery control enable_events` does too).
+        worker_send_task_events=False,
         imports=["workers.tasks"],
         timezone="UTC",
         enable_utc=True,

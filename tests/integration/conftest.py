@@ -194,18 +194,24 @@ class Processes:
         self.running: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def start(
-        self, *args: str, name: str, prefix: list[str] | None = None
+        self,
+        *args: str,
+        name: str,
+        prefix: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "celery", "--app", "workers.main", *args]
-        return self.run([*(prefix or []), *command, "--loglevel", "INFO"], name=name)
+        return self.run([*(prefix or []), *command, "--loglevel", "INFO"], name=name, env=env)
 
-    def run(self, command: list[str], *, name: str) -> subprocess.Popen[bytes]:
+    def run(
+        self, command: list[str], *, name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.logs / f"{name}.log"
         with log.open("wb") as out:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(
                 command,
                 cwd=ROOT,
-                env=process_env(self.settings),
+                env={**process_env(self.settings), **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -220,9 +226,10 @@ class Processes:
         prefix: list[str] | None = None,
         pool: str | None = None,
     ) -> subprocess.Popen[bytes]:
+        # The pool by its setting: Celery's --pool flag cannot pick prefork over a
+        # configured pool (docs/operations.md).
         process = self.start(
             "worker",
-            *(["--pool", pool] if pool else []),
             "--concurrency",
             str(concurrency),
             "--without-gossip",
@@ -231,6 +238,7 @@ class Processes:
             f"{name}@%h",
             name=name,
             prefix=prefix,
+            env={"SENDBEAT_WORKER_POOL": pool} if pool else None,
         )
         self.wait_log(name, "ready.", process)
         return process

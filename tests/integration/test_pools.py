@@ -58,6 +58,8 @@ def test_every_pool_sends_each_copy_once_whole_and_records_it_truthfully(
         assert response.status_code == 200, response.get_json()
         ids[response.get_json()["data"]["message"]["id"]] = i
     processes.worker(pool=pool, concurrency=concurrency)
+    banner = {"threads": "thread", "prefork": "prefork"}[pool]
+    assert f"concurrency: {concurrency} ({banner})" in processes.log_text()  # that pool ran
     processes.beat()  # publishes the retries when their backoff runs out
 
     def ended() -> bool:

@@ -691,3 +691,47 @@ def test_render_refuses_a_copy_that_serializes_larger_than_the_limit() -> None:
         next(copies)
     assert caught.value.message.startswith("arguments: the message for ann@example.com is 2,4")
     assert caught.value.message.endswith("the limit is SENDBEAT_MAX_MESSAGE_BYTES = 2,097,152")
+
+
+WRITTEN_AS_IS = [
+    {"subject": "Report 000001", "from": "Reports <reports@example.com>"},
+    {"subject": "Long " * 20, "from": "a.b+c@example.com"},
+    {"subject": "Héllo wörld", "from": "Zoë <zoe@example.com>"},
+    {"subject": "=?utf-8?q?looks_encoded?=", "from": '"Smith, John" <j@example.com>'},
+    {"subject": "two  spaces and a trailing one ", "from": '"Quoted" <q@example.com>'},
+    {"subject": " leading", "from": "x@example.com", "cc": "A <a@example.com>, b@example.com"},
+    {"subject": "Reply", "from": "x@example.com", "reply-to": '"Desk (help)" <d@example.com>'},
+    {"subject": "x" * 70, "from": '"Dept. Q" <q@example.com>', "cc": "Ünï <u@example.com>"},
+]
+
+
+@pytest.mark.parametrize("headers", WRITTEN_AS_IS)
+def test_the_fast_policy_writes_the_bytes_the_stdlib_policy_writes(
+    headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Header values kept as written (message._Policy) come out byte for byte as the mail
+    library's own header parser writes them, whatever the value."""
+    args = arguments(
+        recipients=["ann@example.com", "Bob Jones <bob@example.com>", "Ünal <u@example.com>"],
+        headers=headers,
+        content={"text/plain": "Hi there", "text/html": "<p>Hi</p>"},
+    )
+    monkeypatch.setattr(message_module.uuid, "uuid4", lambda: UUID)
+
+    def copies() -> list[bytes]:
+        built = list(render(args, now=NOW, mail_domain="sendbeat.local", instance_id="i-1"))
+        for envelope in built:
+            envelope.message["X-Sendbeat-Instance"] = "i-1"
+        return [envelope.message.as_bytes() for envelope in built]
+
+    fast = copies()
+    monkeypatch.setattr(message_module, "POLICY", policy.default)
+    assert copies() == fast
+    assert all(b"Message-ID: <i-1." in copy for copy in fast)
+
+
+class _Uuid:
+    hex = "0" * 32
+
+
+UUID = _Uuid()
