@@ -10,8 +10,9 @@ The benchmark:
 2. queues N messages with the Flask test client of ``app.create_app(settings)`` in this
    process: ``POST /v.1.1/send_message`` with a ~200-byte payload (one recipient:
    sendbeat sends one message per recipient), one after the other, before any worker
-   runs. Each call stores a queued execution record and publishes its task message
-   (LLEN must then be N);
+   runs. Each call stores a queued execution record and adds it to a task message
+   (up to ``--batch``, SENDBEAT_TASK_BATCH, per message: the report's "task msgs" is
+   the queue's LLEN, N for the anchor);
 3. starts ONE real worker process, ``python -m celery --app workers.main worker
    --concurrency C --without-gossip --without-mingle --loglevel INFO`` (the Procfile line
    with C pool processes), no beat, with the environment of
@@ -411,16 +412,17 @@ def print_report(args: argparse.Namespace, results: list[Result]) -> None:
     print(f"code: {code_version()}; {os.cpu_count()} CPUs; worker {flags}; N = {args.n:,}")
     print(f"command: {' '.join(['python', 'bench/send.py', *sys.argv[1:]])}")
     print()
-    rows = [("run", "relay delay", "msgs/s", "first->last s", "from start/s", "CPU s/1k msgs",
-             "worker RSS MiB", "received", "succeeded", "checks")]  # fmt: skip
+    rows = [("run", "relay delay", "task msgs", "msgs/s", "first->last s", "from start/s",
+             "CPU s/1k msgs", "worker RSS MiB", "received", "succeeded", "checks")]  # fmt: skip
     for r in results:
         span = "-" if r.span is None else f"{r.span:.2f}"
         cpu = "-" if r.cpu_per_k is None else f"{r.cpu_per_k:.2f}"
         rss = "-" if r.rss_mib is None else f"{r.rss_mib:.0f}"
         succeeded = f"{r.statuses.get(InstanceStatus.SUCCEEDED, 0):,}"
         rows.append(
-            (r.kind, f"{r.delay:.0f} ms", number(r.rate), span, number(r.from_start), cpu, rss,
-             f"{r.received:,}", succeeded, "ok" if r.ok else "FAILED")
+            (r.kind, f"{r.delay:.0f} ms", f"{r.queued:,}", number(r.rate), span,
+             number(r.from_start), cpu, rss, f"{r.received:,}", succeeded,
+             "ok" if r.ok else "FAILED")
         )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
