@@ -42,6 +42,7 @@ def create_app(
         connect(settings.redis_url),
         Keys(settings.key_prefix),
         retention_days=settings.retention_days,
+        replicas=settings.redis_replicas,
     )
     publisher = publisher or Publisher(
         settings.effective_broker_url,

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app.core.publisher import task_queue
+from app.core.publisher import kombu_broker, task_queue
 from app.core.settings import Settings
 from workers import signals  # noqa: F401  (connects the receivers)
 
 
 def create_celery(settings: Settings) -> Celery:
-    celery = Celery("sendbeat", broker=settings.effective_broker_url, set_as_current=True)
+    broker, transport_options = kombu_broker(settings.effective_broker_url)
+    celery = Celery("sendbeat", broker=broker, set_as_current=True)
     celery.conf.update(
         task_default_queue=settings.queue,
         task_queues=[task_queue(settings.queue)],
@@ -32,7 +33,10 @@ def create_celery(settings: Settings) -> Celery:
         # A message a dead worker had reserved but not started comes back after this.
         # No task waits in the broker (retries wait in Redis), so it can be short; a
         # copy delivered while the first still runs is skipped by start.lua.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={
+            **transport_options,
+            "visibility_timeout": settings.visibility_timeout,
+        },
         beat_scheduler="workers.beat:SendbeatScheduler",
         beat_max_loop_interval=settings.beat_max_sleep,
         worker_hijack_root_logger=False,

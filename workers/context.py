@@ -67,6 +67,7 @@ def _build(settings: Settings) -> Context:
         connect(settings.redis_url),
         Keys(settings.key_prefix),
         retention_days=settings.retention_days,
+        replicas=settings.redis_replicas,
     )
     publisher = Publisher(
         settings.effective_broker_url,

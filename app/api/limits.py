@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -19,6 +20,7 @@ from flask_limiter.errors import RateLimitExceeded
 from app.api import messaging, schedules
 from app.api.common import RateLimited, bearer_token, peek_json_body
 from app.core.keys import Keys
+from app.core.redis_client import SentinelUrl
 from app.core.settings import Settings
 from app.core.store import key_digest
 
@@ -36,7 +38,7 @@ def install(app: Flask, settings: Settings, keys: Keys) -> Limiter | None:
         client_key,
         app=app,
         storage_uri=storage_uri(settings.redis_url),
-        storage_options={"key_prefix": keys.rate_limits},
+        storage_options={"key_prefix": keys.rate_limits, **storage_options(settings.redis_url)},
         strategy="moving-window",
     )
     for blueprint, value in limits.items():
@@ -48,11 +50,20 @@ def install(app: Flask, settings: Settings, keys: Keys) -> Limiter | None:
 
 
 def storage_uri(redis_url: str) -> str:
-    """The ``limits`` library's name for the same Redis (it spells sockets redis+unix)."""
+    """The ``limits`` library's name for the same Redis (it spells sockets redis+unix, and
+    a Sentinel URL without its database)."""
+    sentinel = SentinelUrl.parse(redis_url)
+    if sentinel is not None:
+        return sentinel.limits()[0]
     parts = urlsplit(redis_url)
     if parts.scheme == "unix":
         return "redis+unix" + redis_url[len("unix") :]
     return redis_url
+
+
+def storage_options(redis_url: str) -> dict[str, Any]:
+    sentinel = SentinelUrl.parse(redis_url)
+    return {} if sentinel is None else sentinel.limits()[1]
 
 
 def client_key() -> str:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from kombu import Connection, Exchange, Producer, Queue
 
 from app.core.errors import DispatchError
+from app.core.redis_client import SENTINEL_SCHEME, SentinelUrl
 
 SEND_MESSAGE_TASK = "sendbeat.send_message"
 T = TypeVar("T")
@@ -125,7 +126,15 @@ class RedisMessages:
 
 
 def same_redis(broker_url: str, redis_url: str) -> bool:
-    return urlsplit(broker_url).scheme in ("redis", "rediss") and broker_url == redis_url
+    scheme = urlsplit(broker_url).scheme
+    return scheme in ("redis", "rediss", SENTINEL_SCHEME) and broker_url == redis_url
+
+
+def kombu_broker(url: str) -> tuple[str, dict[str, Any]]:
+    """The broker URL as kombu takes it, and the transport options it needs: a
+    ``redis+sentinel://`` URL becomes kombu's Sentinel transport."""
+    sentinel = SentinelUrl.parse(url)
+    return (url, {}) if sentinel is None else sentinel.kombu()
 
 
 def reason(exc: BaseException) -> str:
@@ -156,10 +165,12 @@ class BrokerLink:
 
     def _connect(self) -> Connection:
         if self._connection is None:
+            url, options = kombu_broker(self._url)
             connection = Connection(
-                self._url,
+                url,
                 connect_timeout=self._timeout,
                 transport_options={
+                    **options,
                     "socket_connect_timeout": self._timeout,
                     "socket_timeout": self._timeout,
                     "max_retries": 0,

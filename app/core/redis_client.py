@@ -1,13 +1,108 @@
-"""Builds the Redis client the store uses (responses decoded to str)."""
+"""Builds the Redis client the store uses (responses decoded to str), from a plain Redis
+URL or a Sentinel one (``SentinelUrl``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 from redis import Redis
+from redis.sentinel import Sentinel
+
+SENTINEL_SCHEME = "redis+sentinel"
+CLIENT_OPTIONS: dict[str, Any] = {
+    "decode_responses": True,
+    "health_check_interval": 30,
+    "socket_connect_timeout": 5,
+    "socket_timeout": 10,
+}
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/SERVICE[/DB]``: the
+    Sentinels to ask and the name of the master they monitor. The password (and user)
+    are the master's, and the Sentinels' too when they ask for one. Every client built
+    from it (the store, the broker, the rate limiter) asks the Sentinels where the
+    master is whenever it connects, so after a failover each reconnects to the new
+    master on its own."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelUrl | None:
+        """The URL's parts, None when it is not a Sentinel URL; ValueError saying what is
+        wrong with a malformed one."""
+        if not url.startswith(f"{SENTINEL_SCHEME}://"):
+            return None
+        rest = url[len(SENTINEL_SCHEME) + 3 :]
+        auth, _, rest = rest.rpartition("@")
+        hosts, _, path = rest.partition("/")
+        username, _, password = auth.partition(":") if auth else ("", "", "")
+        sentinels = tuple(_host_port(host) for host in hosts.split(","))
+        service, _, db = path.partition("/")
+        if not service:
+            raise ValueError("name the monitored service: redis+sentinel://host:port/SERVICE")
+        if db and not db.isdigit():
+            raise ValueError(f"the database must be a number, not {db!r}")
+        return cls(
+            sentinels,
+            unquote(service),
+            int(db or 0),
+            unquote(username) or None,
+            unquote(password) if auth else None,
+        )
+
+    def master(self) -> Redis:
+        """A client of the current master (found again on every new connection)."""
+        auth = {"username": self.username, "password": self.password}
+        sentinel = Sentinel(
+            list(self.sentinels),
+            sentinel_kwargs={**auth, "socket_connect_timeout": 5, "socket_timeout": 5},
+            **auth,
+        )
+        return sentinel.master_for(self.service, db=self.db, **CLIENT_OPTIONS)
+
+    def kombu(self) -> tuple[str, dict[str, Any]]:
+        """The same master as kombu's Redis Sentinel transport names it: one
+        ``sentinel://`` URL per Sentinel, the service in the transport options."""
+        auth = ""
+        if self.password is not None:
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+        url = ";".join(f"sentinel://{auth}{host}:{port}/{self.db}" for host, port in self.sentinels)
+        options: dict[str, Any] = {"master_name": self.service}
+        if self.password is not None:
+            options["sentinel_kwargs"] = {"password": self.password}
+        return url, options
+
+    def limits(self) -> tuple[str, dict[str, Any]]:
+        """The same master as the ``limits`` library (Flask-Limiter's storage) names it:
+        its URL has no database part, which goes in the options."""
+        auth = ""
+        if self.password is not None:
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+        hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+        return f"{SENTINEL_SCHEME}://{auth}{hosts}/{quote(self.service, safe='')}", {"db": self.db}
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    parts = urlsplit(f"//{text}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        raise ValueError(f"each Sentinel must be host:port, not {text!r}")
+    return parts.hostname, port
 
 
 def connect(url: str) -> Redis:
-    return Redis.from_url(
-        url,
-        decode_responses=True,
-        health_check_interval=30,
-        socket_connect_timeout=5,
-        socket_timeout=10,
-    )
+    sentinel = SentinelUrl.parse(url)
+    if sentinel is not None:
+        return sentinel.master()
+    return Redis.from_url(url, **CLIENT_OPTIONS)

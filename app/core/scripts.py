@@ -12,6 +12,7 @@ a pinned clock (tests), whose time is then passed as the first argument.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,6 +24,8 @@ from redis import Redis
 
 from app.core.keys import Keys
 from app.core.records import InstanceStatus
+
+log = logging.getLogger("sendbeat.store")
 
 
 @cache
@@ -103,19 +106,43 @@ class Enqueued(StrEnum):
     TAKEN = "taken"
 
 
+# The writes of an execution's record a failover must not lose: the API's acceptance,
+# the start (before anything is sent), the progress and the end of a send.
+DURABLE = frozenset(("enqueue", "start", "hold", "retry", "finish", "late"))
+REPLICA_WAIT_MS = 1000  # how long a durable write waits for its replicas before going on
+
+
 class Scripts:
-    def __init__(self, redis: Redis, keys: Keys, now_ms: Callable[[], str]) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, now_ms: Callable[[], str], *, replicas: int = 0
+    ) -> None:
         """``now_ms`` gives the first argument of every script: "" (the server's clock)
-        or a pinned time in epoch milliseconds."""
+        or a pinned time in epoch milliseconds. With ``replicas``, each DURABLE script
+        is followed on its connection by WAIT: it returns once that many replicas hold
+        its writes (or after REPLICA_WAIT_MS, logged: a replica is down or behind)."""
+        self._redis = redis
         self._keys = keys
         self._now = now_ms
+        self._replicas = replicas
         load = redis.register_script
         names = ("due", "fields", "claim", "release", "enqueue", "start", "hold", "retry",
                  "finish", "cancel", "park", "late")  # fmt: skip
         self._scripts = {name: load(_source(name)) for name in names}
 
     def _call(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
-        return self._scripts[name](keys=keys, args=[self._now(), *args], client=client)
+        script, args = self._scripts[name], [self._now(), *args]
+        if client is not None or not self._replicas or name not in DURABLE:
+            return script(keys=keys, args=args, client=client)
+        pipe = self._redis.pipeline(transaction=False)  # one connection: WAIT is per client
+        script(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS)
+        reply, acknowledged = pipe.execute()
+        if int(acknowledged) < self._replicas:
+            log.warning(
+                "%s: %s of %s replicas hold the write after %s ms; a failover now could lose it",
+                name, acknowledged, self._replicas, REPLICA_WAIT_MS,
+            )  # fmt: skip
+        return reply
 
     def due(self, limit: int) -> tuple[int, list[tuple[str, int]]]:
         """(now in epoch ms, [(event id, due epoch), ...] earliest first)."""

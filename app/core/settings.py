@@ -15,8 +15,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from app.core.message import MessageLimits
+from app.core.redis_client import SENTINEL_SCHEME, SentinelUrl
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_SCHEMES = {"redis", "rediss", "unix", SENTINEL_SCHEME}
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$", re.I)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -66,6 +68,9 @@ class Settings:
     send_lease: int = 300
     publish_grace: int = 30
     visibility_timeout: int = 900
+    # Replicas that must hold an execution's record before it is sent or answered
+    # (Redis WAIT): 1 with Sentinel, so a failover cannot lose an accepted send.
+    redis_replicas: int = 0
     rate_limit_messaging: str = "600/minute"
     rate_limit_schedules: str = "60/minute"
     mail_domain: str = "sendbeat.local"
@@ -95,9 +100,8 @@ class Settings:
         # Heroku Redis serves rediss:// with a self-signed certificate and owns REDIS_URL,
         # so the option is added here, where every client (store, broker, limiter) reads it.
         verify = _bool(env, "SENDBEAT_REDIS_TLS_VERIFY", True)
-        redis_url = _tls(_url(env, "REDIS_URL", defaults.redis_url, {"redis", "rediss", "unix"}),
-                         verify)  # fmt: skip
-        broker = _url(env, "BROKER_URL", "", {"redis", "rediss", "amqp", "amqps", "unix"})
+        redis_url = _tls(_url(env, "REDIS_URL", defaults.redis_url, REDIS_SCHEMES), verify)
+        broker = _url(env, "BROKER_URL", "", REDIS_SCHEMES | {"amqp", "amqps"})
         return cls(
             redis_url=redis_url,
             broker_url=_tls(broker, verify),
@@ -147,6 +151,7 @@ class Settings:
             visibility_timeout=_int(
                 env, "SENDBEAT_VISIBILITY_TIMEOUT", defaults.visibility_timeout, 5
             ),
+            redis_replicas=_int(env, "SENDBEAT_REDIS_REPLICAS", defaults.redis_replicas, 0, 10),
             rate_limit_messaging=_rate(
                 env, "SENDBEAT_RATE_LIMIT_MESSAGING", defaults.rate_limit_messaging
             ),
@@ -172,6 +177,10 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: set[str]) -> 
     if scheme not in schemes:
         allowed = ", ".join(f"{s}://" for s in sorted(schemes))
         raise SettingsError(f"{name}={value!r}: the URL must start with one of {allowed}")
+    try:
+        SentinelUrl.parse(value)
+    except ValueError as error:
+        raise SettingsError(f"{name}: {error}") from None
     return value
 
 

@@ -66,14 +66,17 @@ class Store:
         *,
         retention_days: int = 30,
         clock: Callable[[], datetime] | None = None,
+        replicas: int = 0,
     ) -> None:
+        """``replicas``: how many replicas must hold an execution's record before the
+        script that wrote it returns (Redis WAIT; 0: none asked, Settings.redis_replicas)."""
         # The store speaks str: every client it is given must decode responses. redis-py's
         # types cannot say so (they are bytes | str), hence Any.
         self.redis: Any = redis
         self.keys = keys or Keys()
         self.retention = retention_days * 86400
         self.clock = clock
-        self.scripts = Scripts(redis, self.keys, self._pinned_ms)
+        self.scripts = Scripts(redis, self.keys, self._pinned_ms, replicas=replicas)
 
     # -- the clock -----------------------------------------------------------------
 
