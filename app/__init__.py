@@ -8,11 +8,22 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, request
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.exceptions import NotFound as NotFoundHttp
 
 from app.api import limits, messaging, openapi, ops, schedules
-from app.api.common import Internal, InvalidMethod, NoSuchPath, Services, TooLarge
+from app.api.common import (
+    RETRY_AFTER,
+    Internal,
+    InvalidMethod,
+    NoSuchPath,
+    Services,
+    TooLarge,
+    Unavailable,
+)
 from app.cli import project_cli
 from app.core import logs
 from app.core.errors import SendbeatError
@@ -104,5 +115,10 @@ def _as_error(exc: HTTPException) -> SendbeatError:
 def _unexpected(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         return _http_error(exc)
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ReadOnlyError)):
+        log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
+        response = _render(Unavailable())
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
     log.exception("unexpected error on %s %s", request.method, request.path)
     return _render(Internal())

@@ -21,6 +21,11 @@ from app.core.store import Store
 
 UNAUTHORIZED = "Invalid or inactive project API key used."
 INTERNAL = "Internal error; it has been logged."
+UNAVAILABLE = (
+    "The store is unreachable for the moment (a Redis restart or failover);"
+    " try again in a few seconds."
+)
+RETRY_AFTER = 5  # seconds: a Sentinel failover takes ~5 s
 # How the document shows a broker that refused a job (the reason varies).
 DISPATCH_FAILED = "Dispatcher error: Error 111 connecting to redis:6379. Connection refused."
 # Deeper than any real request (send_message arguments nest five or six levels); a
@@ -85,11 +90,24 @@ class Internal(SendbeatError):
         super().__init__(INTERNAL)
 
 
+class Unavailable(SendbeatError):
+    """Raised (as a stand-in) when Redis cannot be reached: the request changed nothing
+    the client can rely on, and the same request may be made again shortly (the answer
+    says when, in Retry-After)."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(UNAVAILABLE)
+
+
 def common_errors() -> dict[str, Example]:
     """What any endpoint of either dialect can answer, as the document shows it."""
     return {
         "unauthorized": Example(Unauthorized(UNAUTHORIZED)),
         "rate_limited": Example(RateLimited("Rate limit exceeded: 60 per 1 minute")),
+        "unavailable": Example(Unavailable()),
         "internal": Example(Internal()),
     }
 

@@ -199,6 +199,7 @@ MESSAGING_ERROR_CODES = [
     "conflict",
     "too_large",
     "rate_limited",
+    "unavailable",
     "internal_error",
 ]
 SCIM_ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"
