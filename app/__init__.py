@@ -29,7 +29,7 @@ from app.core import logs
 from app.core.errors import SendbeatError
 from app.core.health import warn_about_redis
 from app.core.keys import Keys
-from app.core.publisher import Publisher
+from app.core.publisher import Publisher, reason
 from app.core.redis_client import connect
 from app.core.settings import Settings
 from app.core.store import Store
@@ -116,7 +116,9 @@ def _unexpected(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         return _http_error(exc)
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ReadOnlyError)):
-        log.warning("Redis unreachable on %s %s: %s", request.method, request.path, exc)
+        log.warning(
+            "Redis unreachable on %s %s: %s", request.method, request.path, reason(exc)[:300]
+        )
         response = _render(Unavailable())
         response.headers["Retry-After"] = str(RETRY_AFTER)
         return response
