@@ -124,7 +124,7 @@ def dispatch_due(
     now_ms, events = store.due_events(batch * batches)
     stamp = now_ms // 1000
     queue = publisher.direct_queue
-    tasks = publisher.messages.arguments if queue else ()
+    tasks = publisher.lua_arguments
     written: list[tuple[str, str]] = []
     running: Future[list[tuple[str, str]]] | None = None
     sends: dict[str, int] = {}  # instance id -> the occurrence it sends, for metrics
@@ -170,7 +170,7 @@ def release_waiting(store: Store, publisher: Publisher, *, unconfirmed: float) -
     copy of a task is harmless."""
     keys = store.keys
     queue = publisher.direct_queue
-    tasks = publisher.messages.arguments if queue else ()
+    tasks = publisher.lua_arguments
     published = 0
     for waiting, grace in ((keys.retry, 0.0), (keys.running, 0.0), (keys.pending, unconfirmed)):
         ids = store.release(waiting, grace=grace, queue=queue, tasks=tasks)

@@ -218,7 +218,7 @@ def _enqueue(
     publish is confirmed (a web that dies in between leaves it for beat to publish), and
     a publish that fails takes the record and its uid back."""
     queue = publisher.direct_queue
-    tasks = publisher.messages.arguments if queue else ()
+    tasks = publisher.lua_arguments
     outcome, now_ms = store.enqueue(instance, queue=queue, tasks=tasks, uid=uid)
     if outcome is not Enqueued.QUEUED:
         return outcome

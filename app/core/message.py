@@ -139,13 +139,13 @@ class _HeaderClasses(HeaderRegistry):
 
 
 # Headers whose value, when it needs no encoding or folding, is written as it is.
-_VERBATIM = frozenset(
-    ("subject", "date", "message-id", "x-sendbeat-instance", "mime-version",
-     "content-transfer-encoding", "from", "to", "cc", "reply-to")
-)  # fmt: skip
+_ADDRESS_HEADERS = frozenset(("from", "to", *ADDRESS_LIST_HEADERS))
+_VERBATIM = _ADDRESS_HEADERS | {
+    "subject", "date", "message-id", "x-sendbeat-instance", "mime-version",
+    "content-transfer-encoding",
+}  # fmt: skip
 _ADDRESS = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+"
 _PLAIN_ADDRESS = re.compile(rf"{_ADDRESS}|[A-Za-z0-9]+(?: [A-Za-z0-9]+)* <{_ADDRESS}>")
-_ADDRESS_HEADERS = frozenset(("from", "to", "cc", "reply-to"))
 
 
 class _Policy(EmailPolicy):

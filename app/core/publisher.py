@@ -48,10 +48,13 @@ def parse_entry(text: str) -> tuple[str, str | None]:
     return instance_id, "" if event_id == "-" else event_id
 
 
-def task_message(entries: list[str], origin: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def task_message(
+    entries: list[str], origin: str, first: str | None = None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The body and headers of one send_message task in Celery's protocol 2: the task
-    runs every execution in ``entries``; its Celery task id is the first one's id."""
-    first = entries[0].split(" ", 1)[0]
+    runs every execution in ``entries``; its Celery task id is ``first``, by default the
+    first entry's execution id."""
+    first = first if first is not None else parse_entry(entries[0])[0]
     headers = {
         "lang": "py",
         "task": SEND_MESSAGE_TASK,
@@ -100,8 +103,7 @@ class RedisMessages:
         self.separator = pair[pair.index("@@a@@") + 5 : pair.index("@@b@@")]
 
     def _encode(self, entries: list[str], first: str, origin: str, queue: str) -> str:
-        body, headers = task_message(entries, origin)
-        headers.update(id=first, root_id=first, argsrepr=f"('{first}', ...)")
+        body, headers = task_message(entries, origin, first)
         return json.dumps(
             {
                 "body": json.dumps(body),
@@ -217,9 +219,10 @@ class Publisher:
         self._declared_on: Connection | None = None  # the queue is declared once per connection
 
     @property
-    def messages(self) -> RedisMessages:
-        """How Lua writes this publisher's task messages (when ``direct_queue`` is set)."""
-        return self._messages
+    def lua_arguments(self) -> tuple[str | int, ...]:
+        """What the scripts that push onto ``direct_queue`` take (template, separator,
+        room); () when the broker is not the store's Redis and nothing is pushed."""
+        return tuple(self._messages.arguments) if self.direct_queue else ()
 
     def publish(self, instance_ids: Iterable[str]) -> None:
         """Publish the executions (ids or ``entry()`` strings), up to the batch size per

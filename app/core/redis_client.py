@@ -68,12 +68,16 @@ class SentinelUrl:
         )
         return sentinel.master_for(self.service, db=self.db, **CLIENT_OPTIONS)
 
+    def _userinfo(self) -> str:
+        """``user:password@`` for a URL, quoted; "" without a password."""
+        if self.password is None:
+            return ""
+        return f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+
     def kombu(self) -> tuple[str, dict[str, Any]]:
         """The same master as kombu's Redis Sentinel transport names it: one
         ``sentinel://`` URL per Sentinel, the service in the transport options."""
-        auth = ""
-        if self.password is not None:
-            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+        auth = self._userinfo()
         url = ";".join(f"sentinel://{auth}{host}:{port}/{self.db}" for host, port in self.sentinels)
         options: dict[str, Any] = {"master_name": self.service}
         if self.password is not None:
@@ -83,11 +87,10 @@ class SentinelUrl:
     def limits(self) -> tuple[str, dict[str, Any]]:
         """The same master as the ``limits`` library (Flask-Limiter's storage) names it:
         its URL has no database part, which goes in the options."""
-        auth = ""
-        if self.password is not None:
-            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
         hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
-        return f"{SENTINEL_SCHEME}://{auth}{hosts}/{quote(self.service, safe='')}", {"db": self.db}
+        return f"{SENTINEL_SCHEME}://{self._userinfo()}{hosts}/{quote(self.service, safe='')}", {
+            "db": self.db
+        }
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -66,6 +66,7 @@ class Transport:
 
 class Publisher:
     direct_queue = None
+    lua_arguments = ()
 
     def publish(self, ids: list[str]) -> None:
         pass

@@ -74,6 +74,7 @@ class Recorder:
     hands it to publish (the direct path is tested against real Redis below)."""
 
     direct_queue = None
+    lua_arguments = ()
 
     def __init__(self, fail: bool = False) -> None:
         self.published: list[str] = []
