@@ -20,7 +20,10 @@ The benchmark:
 4. measures from the first message the sink receives to the N-th (**msgs/s** = N /
    that span, the worker draining a full queue), and also from the worker's start,
    boot included; then checks that every execution record ends ``succeeded`` and the
-   sink got exactly N messages, one per execution.
+   sink got exactly N messages, one per execution;
+5. runs the same N through the anchor (``anchor_app.py``, a plain Celery task with
+   smtplib, same flags) and through the ceiling (``smtp_blast.py``, a bare asyncio
+   SMTP client with as many sessions), each against its own sink with the same delay.
 
 Every wait is bounded (``--timeout`` for the sending); the worker, the SMTP server and
 the Redis server are stopped in ``finally`` blocks.
@@ -187,7 +190,7 @@ def stop_worker(worker: subprocess.Popen[bytes] | None) -> None:
 
 @dataclass
 class Result:
-    kind: str  # "sendbeat" or "anchor"
+    kind: str  # "sendbeat", "anchor" or "ceiling"
     delay: float  # the sink's ms per message
     n: int
     enqueue_s: float
@@ -198,6 +201,7 @@ class Result:
     last_at: float | None = None
     cpu_first: float | None = None  # the worker's CPU seconds at the first message
     cpu_last: float | None = None  # ... and at the N-th
+    sink_cpu: tuple[float, float] | None = None  # this process' (the sink's) CPU, the same
     rss_mib: float | None = None
     statuses: dict[str, int] = field(default_factory=dict)
     distinct: int = 0  # distinct instance ids among the messages received
@@ -224,6 +228,12 @@ class Result:
         if self.cpu_first is None or self.cpu_last is None or not self.received:
             return None
         return (self.cpu_last - self.cpu_first) * 1000 / self.received
+
+    @property
+    def sink_cpu_per_k(self) -> float | None:
+        if self.sink_cpu is None or not self.received:
+            return None
+        return (self.sink_cpu[1] - self.sink_cpu[0]) * 1000 / self.received
 
     @property
     def ok(self) -> bool:
@@ -253,15 +263,18 @@ def wait_for_messages(
     """Wait for the N-th message, noting the worker's CPU when the first arrives and
     when the last does."""
     deadline = time.monotonic() + timeout
+    sink_first = 0.0
     while sink.count < n:
         if result.cpu_first is None and sink.count:
             result.cpu_first = group_usage(worker.pid)[0]
+            sink_first = time.process_time()
         if worker.poll() is not None:
             return f"worker exited with code {worker.returncode}"
         if time.monotonic() > deadline:
             return f"only {sink.count:,} of {n:,} within {timeout:.0f} s"
         time.sleep(0.02)
     result.cpu_last, result.rss_mib = group_usage(worker.pid)
+    result.sink_cpu = (sink_first, time.process_time())
     return ""
 
 
@@ -379,6 +392,31 @@ def run_anchor(args: argparse.Namespace, server: EmbeddedRedis, delay: float, lo
         smtp.stop()
 
 
+def run_ceiling(args: argparse.Namespace, delay: float, logs: Path) -> Result:
+    """bench/smtp_blast.py against the same sink: one asyncio process with nothing but
+    SMTP to do, as many sessions as sendbeat's worker has connections."""
+    sink = CountingSink(delay=delay / 1000)
+    smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    blaster = None
+    connections = args.concurrency or Settings().worker_concurrency
+    command = [sys.executable, str(BENCH / "smtp_blast.py"), "--port", str(smtp.port),
+               "--n", str(args.n), "--connections", str(connections)]  # fmt: skip
+    try:
+        result = Result("ceiling", delay, args.n, 0.0, 0, time.time())
+        with (logs / f"ceiling-{int(delay)}ms.log").open("wb") as out:
+            blaster = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        measure(sink, result, blaster, args)
+        result.statuses = {InstanceStatus.SUCCEEDED: result.received}  # it keeps no records
+        result.distinct = result.received
+        return result
+    finally:
+        stop_worker(blaster)
+        smtp.stop()
+
+
 def anchor_flags(args: argparse.Namespace) -> list[str]:
     """sendbeat's worker flags, spelled out: its defaults come from sendbeat's settings."""
     defaults = Settings()
@@ -395,6 +433,8 @@ def run(args: argparse.Namespace, tmp: Path, logs: Path) -> list[Result]:
             results.append(run_sendbeat(args, server, delay, logs))
             if not args.no_anchor:
                 results.append(run_anchor(args, server, delay, logs))
+            if not args.no_ceiling:
+                results.append(run_ceiling(args, delay, logs))
         return results
     finally:
         server.stop()
@@ -413,15 +453,17 @@ def print_report(args: argparse.Namespace, results: list[Result]) -> None:
     print(f"command: {' '.join(['python', 'bench/send.py', *sys.argv[1:]])}")
     print()
     rows = [("run", "relay delay", "task msgs", "msgs/s", "first->last s", "from start/s",
-             "CPU s/1k msgs", "worker RSS MiB", "received", "succeeded", "checks")]  # fmt: skip
+             "CPU s/1k msgs", "sink CPU s/1k", "worker RSS MiB", "received", "succeeded",
+             "checks")]  # fmt: skip
     for r in results:
         span = "-" if r.span is None else f"{r.span:.2f}"
         cpu = "-" if r.cpu_per_k is None else f"{r.cpu_per_k:.2f}"
+        sink_cpu = "-" if r.sink_cpu_per_k is None else f"{r.sink_cpu_per_k:.2f}"
         rss = "-" if r.rss_mib is None else f"{r.rss_mib:.0f}"
         succeeded = f"{r.statuses.get(InstanceStatus.SUCCEEDED, 0):,}"
         rows.append(
             (r.kind, f"{r.delay:.0f} ms", f"{r.queued:,}", number(r.rate), span,
-             number(r.from_start), cpu, rss, f"{r.received:,}", succeeded,
+             number(r.from_start), cpu, sink_cpu, rss, f"{r.received:,}", succeeded,
              "ok" if r.ok else "FAILED")
         )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -431,11 +473,16 @@ def print_report(args: argparse.Namespace, results: list[Result]) -> None:
         pair = [r for r in results if r.delay == delay]
         ours = next((r.rate for r in pair if r.kind == "sendbeat"), None)
         anchor = next((r.rate for r in pair if r.kind == "anchor"), None)
+        ceiling = next((r.rate for r in pair if r.kind == "ceiling"), None)
         if ours and anchor:
             print(f"{delay:.0f} ms relay: sendbeat / anchor = {ours / anchor:.2f}x")
+        if ours and ceiling:
+            print(f"{delay:.0f} ms relay: sendbeat / bare SMTP client = {ours / ceiling:.2f}x")
     print("msgs/s = N / (last message - first message at the sink), the queue full from the")
     print("start; from start/s counts from the worker's start; CPU is the worker's (and its")
-    print("pool children's) between the first and the last message; RSS at the end")
+    print("pool children's) between the first and the last message; sink CPU is this")
+    print("process' (the SMTP server's) over the same span; RSS at the end. ceiling:")
+    print("bench/smtp_blast.py, a bare asyncio SMTP client with as many sessions")
     for r in results:
         if r.note:
             print(f"{r.kind} {r.delay:.0f} ms incomplete: {r.note}")
@@ -457,6 +504,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--delay", type=float, nargs="+", default=[0, 50], help="the sink's ms per message"
     )
     parser.add_argument("--no-anchor", action="store_true", help="skip the plain-Celery run")
+    parser.add_argument(
+        "--no-ceiling", action="store_true", help="skip the bare asyncio SMTP client run"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for sending")
     parser.add_argument("--py-spy", type=Path, help="profile the worker into this SVG/.txt")
     parser.add_argument("--logs", type=Path, help="keep the worker log in this directory")
