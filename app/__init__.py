@@ -21,14 +21,16 @@ from app.api.common import (
     InvalidMethod,
     NoSuchPath,
     Services,
+    StoreRefused,
     TooLarge,
     Unavailable,
 )
-from app.cli import project_cli
+from app.cli import project_cli, store_cli
 from app.core import logs
 from app.core.errors import SendbeatError
 from app.core.health import warn_about_redis
 from app.core.keys import Keys
+from app.core.layout import refusal as layout_refusal
 from app.core.publisher import Publisher, reason
 from app.core.redis_client import connect
 from app.core.settings import Settings
@@ -49,9 +51,10 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    given = store is not None
     store = store or Store(
         connect(settings.redis_url),
-        Keys(settings.key_prefix),
+        Keys(settings.key_prefix, settings.store_shards),
         retention_days=settings.retention_days,
         replicas=settings.redis_replicas,
     )
@@ -61,7 +64,10 @@ def create_app(
         store_url=settings.redis_url,
         batch=settings.task_batch,
     )
-    app.extensions["sendbeat"] = Services(settings, store, publisher)
+    refusal = None if given else layout_refusal(store.redis, store.keys, "web")
+    app.extensions["sendbeat"] = Services(settings, store, publisher, refusal)
+    if refusal is not None:
+        app.before_request(lambda: _render(StoreRefused(refusal)))
     app.register_blueprint(messaging.bp)
     app.register_blueprint(schedules.bp)
     app.register_blueprint(openapi.bp)
@@ -70,6 +76,7 @@ def create_app(
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
     app.cli.add_command(project_cli)
+    app.cli.add_command(store_cli)
     warn_about_redis(store.redis, "web")
     return app
 

@@ -1,4 +1,5 @@
-"""Operator commands: ``flask --app app project create|list|rotate-key|revoke-key``."""
+"""Operator commands: ``flask --app app project create|list|rotate-key|revoke-key`` and
+``flask --app app store migrate``."""
 
 from __future__ import annotations
 
@@ -8,13 +9,41 @@ from flask.cli import AppGroup
 
 from app.core.clock import from_timestamp, isoformat, now
 from app.core.errors import NotFound, UidTaken
+from app.core.keys import LAYOUT
+from app.core.layout import LayoutError, migrate
 from app.core.store import Store
 
 project_cli = AppGroup("project", help="Manage projects and their API keys.")
 
 
+store_cli = AppGroup("store", help="Upgrade the store's key layout.")
+
+
 def _store() -> Store:
-    return current_app.extensions["sendbeat"].store
+    services = current_app.extensions["sendbeat"]
+    if services.refusal is not None:
+        raise click.ClickException(services.refusal)
+    return services.store
+
+
+@store_cli.command("migrate")
+def migrate_store() -> None:
+    """Move a store written by an earlier sendbeat to this version's key layout. Stop
+    beat first. Idempotent: run it again after an interruption to finish."""
+    services = current_app.extensions["sendbeat"]
+    prefix = services.settings.key_prefix
+    try:
+        done = migrate(services.store.redis, prefix)
+    except LayoutError as exc:
+        raise click.ClickException(str(exc)) from None
+    if done.already:
+        click.echo(f"The store {prefix!r} already has key layout {LAYOUT}; nothing to do.")
+        return
+    click.echo(f"Moved {done.moved} keys of {prefix!r} to key layout {LAYOUT} (1 shard).")
+    for key in done.skipped or []:
+        click.echo(f"Left alone (not a sendbeat key): {key}")
+    if services.settings.store_shards != 1:
+        click.echo("Set SENDBEAT_STORE_SHARDS=1 in every process: a migrated store has one shard.")
 
 
 def _stamp() -> int:

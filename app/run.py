@@ -24,6 +24,7 @@ import requests
 
 from app.core.clock import now
 from app.core.keys import Keys
+from app.core.layout import refusal
 from app.core.redis_client import connect
 from app.core.settings import Settings, SettingsError
 from app.core.store import Store
@@ -108,7 +109,7 @@ def wait_http(url: str, timeout: float) -> bool:
 
 def demo_key(settings: Settings) -> str:
     """A fresh key for the demo project (created on first run, rotated after)."""
-    store = Store(connect(settings.redis_url), Keys(settings.key_prefix))
+    store = Store(connect(settings.redis_url), Keys(settings.key_prefix, settings.store_shards))
     stamp = int(now().timestamp())
     if store.project_by_name(DEMO_PROJECT) is None:
         return store.create_project(DEMO_PROJECT, stamp)[1]
@@ -146,6 +147,13 @@ def main() -> int:
         settings = Settings.from_env(env)
     except (SettingsError, EmbeddedRedisError) as exc:
         print(f"sendbeat: {exc}", file=sys.stderr)
+        if embedded:
+            embedded.stop()
+        return 2
+    why = refusal(connect(settings.redis_url), Keys(settings.key_prefix, settings.store_shards),
+                  "sendbeat")  # fmt: skip
+    if why is not None:
+        print(f"sendbeat: {why}", file=sys.stderr)
         if embedded:
             embedded.stop()
         return 2

@@ -13,3 +13,17 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 forwarded_allow_ips = "*"
+
+
+def on_starting(server):
+    """Refuse to start on a store whose key layout this version does not read (the
+    message says what to run); app.core.layout."""
+    from app.core.keys import Keys
+    from app.core.layout import EX_CONFIG, refusal
+    from app.core.redis_client import connect
+    from app.core.settings import Settings
+
+    settings = Settings.from_env()
+    keys = Keys(settings.key_prefix, settings.store_shards)
+    if refusal(connect(settings.redis_url), keys, "web") is not None:
+        raise SystemExit(EX_CONFIG)

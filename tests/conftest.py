@@ -22,6 +22,7 @@ from app.core.redis_client import connect
 from app.core.settings import Settings
 from app.core.store import Store
 from app.embedded_redis import EmbeddedRedis
+from tests.cluster import LocalCluster
 
 
 def _answers(url: str) -> bool:
@@ -42,6 +43,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local three-master Redis Cluster (tests/cluster.py), for the whole session."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
@@ -66,7 +77,8 @@ def redis(settings: Settings) -> Iterator[Redis]:
 
 def _drop(client: Redis, settings: Settings) -> None:
     """Delete this test's keys and its broker queue."""
-    doomed = list(client.scan_iter(f"{settings.key_prefix}:*", count=1000))
+    # Every key of the layout starts with its hash tag: {prefix} or {prefix:shard}.
+    doomed = list(client.scan_iter(f"{{{settings.key_prefix}*", count=1000))
     doomed += [
         settings.queue,
         f"_kombu.binding.{settings.queue}",
@@ -78,4 +90,4 @@ def _drop(client: Redis, settings: Settings) -> None:
 
 @pytest.fixture
 def store(redis: Redis, settings: Settings) -> Store:
-    return Store(redis, Keys(settings.key_prefix))
+    return Store(redis, Keys(settings.key_prefix, settings.store_shards))

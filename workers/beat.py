@@ -76,4 +76,5 @@ class SendbeatScheduler(Scheduler):
 
     @property
     def info(self) -> str:
-        return f"    . sendbeat due index on {self._context.settings.key_prefix}:due"
+        keys = self._context.store.keys
+        return f"    . sendbeat due index on {keys.due(0)} ({keys.shards} shard(s))"

@@ -65,7 +65,7 @@ def context_for(settings: Settings) -> Context:
 def _build(settings: Settings) -> Context:
     store = Store(
         connect(settings.redis_url),
-        Keys(settings.key_prefix),
+        Keys(settings.key_prefix, settings.store_shards),
         retention_days=settings.retention_days,
         replicas=settings.redis_replicas,
     )

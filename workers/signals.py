@@ -23,6 +23,8 @@ from celery.signals import (
 
 from app.core import logs
 from app.core.health import warn_about_redis
+from app.core.layout import EX_CONFIG
+from app.core.layout import refusal as layout_refusal
 from app.core.settings import Settings
 from workers.context import context_for
 
@@ -64,5 +66,10 @@ def _check_redis_for_beat(**_: Any) -> None:
 
 def _check_redis(process: str) -> None:
     settings = _settings()
-    if settings is not None:
-        warn_about_redis(context_for(settings).store.redis, process)
+    if settings is None:
+        return
+    store = context_for(settings).store
+    if layout_refusal(store.redis, store.keys, process) is not None:
+        # Refuse to start: writing this store's keys under another layout would split it.
+        raise SystemExit(EX_CONFIG)
+    warn_about_redis(store.redis, process)

@@ -102,6 +102,14 @@ class Unavailable(SendbeatError):
         super().__init__(UNAVAILABLE)
 
 
+class StoreRefused(SendbeatError):
+    """The store holds a key layout this version does not read (app.core.layout): the
+    web serves nothing until the operator migrates it or fixes the setting."""
+
+    status = 503
+    code = "unavailable"
+
+
 def common_errors() -> dict[str, Example]:
     """What any endpoint of either dialect can answer, as the document shows it."""
     return {
@@ -117,6 +125,7 @@ class Services:
     settings: Settings
     store: Store
     publisher: Publisher
+    refusal: str | None = None  # why the store is not used (app.core.layout), if it is not
 
     @property
     def defaults(self) -> Defaults:

@@ -20,7 +20,7 @@ from flask_limiter.errors import RateLimitExceeded
 from app.api import messaging, schedules
 from app.api.common import RateLimited, bearer_token, peek_json_body
 from app.core.keys import Keys
-from app.core.redis_client import SentinelUrl
+from app.core.redis_client import ClusterUrl, SentinelUrl
 from app.core.settings import Settings
 from app.core.store import key_digest
 
@@ -51,10 +51,13 @@ def install(app: Flask, settings: Settings, keys: Keys) -> Limiter | None:
 
 def storage_uri(redis_url: str) -> str:
     """The ``limits`` library's name for the same Redis (it spells sockets redis+unix, and
-    a Sentinel URL without its database)."""
+    a Sentinel URL without its database; a Cluster URL is the same)."""
     sentinel = SentinelUrl.parse(redis_url)
     if sentinel is not None:
         return sentinel.limits()[0]
+    cluster = ClusterUrl.parse(redis_url)
+    if cluster is not None:
+        return cluster.limits()[0]
     parts = urlsplit(redis_url)
     if parts.scheme == "unix":
         return "redis+unix" + redis_url[len("unix") :]

@@ -9,10 +9,12 @@ and beat plans its claims by that time, whatever its own clock says.
 from __future__ import annotations
 
 import logging
+import random
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from redis.exceptions import RedisError
 
@@ -37,9 +39,10 @@ class Dispatched:
     now: float  # Redis' time of the due read (epoch seconds)
 
 
-def plan_claim(event: DueEvent, now: int) -> Claim:
+def plan_claim(event: DueEvent, now: int, new_id: Callable[[], str] = new_id) -> Claim:
     """Decide what to do with one due event: send its latest occurrence if it is within
-    the catch-up window, record the older ones as missed, and find the next run."""
+    the catch-up window, record the older ones as missed, and find the next run.
+    ``new_id`` makes the executions' ids (in the event's shard)."""
     occurrences: tuple[int, ...] = (event.scheduled_at,)
     next_at: int | None = None
     if event.event_type == "repeatable":
@@ -115,40 +118,60 @@ def dispatch_due(
     batches: int = 1,
     claimer: Executor | None = None,
 ) -> Dispatched:
-    """Claim and publish what is due now (Redis' time): up to ``batches`` claims of
-    ``batch`` events each.
+    """Claim and publish what is due now (Redis' time) in every shard: up to
+    ``batches`` claims of ``batch`` events each, per shard.
 
     With a ``claimer`` (one thread), beat plans the next batch while Redis runs the
     claim of the one before: Python and Redis work side by side instead of in turn.
     """
-    now_ms, events = store.due_events(batch * batches)
+    due, now = 0, 0.0
+    # Each beat starts at a shard of its own choosing: beats running side by side (no
+    # leader) work on different shards at once instead of racing for the same claims.
+    shards = store.keys.all_shards()
+    first = random.randrange(len(shards))
+    for shard in [*shards[first:], *shards[:first]]:
+        done = _dispatch_shard(store, publisher, shard, batch, batches, claimer)
+        due, now = due + done.due, done.now
+    return Dispatched(due, now)
+
+
+def _dispatch_shard(
+    store: Store,
+    publisher: Publisher,
+    shard: int,
+    batch: int,
+    batches: int,
+    claimer: Executor | None,
+) -> Dispatched:
+    now_ms, events = store.due_events(shard, batch * batches)
     stamp = now_ms // 1000
+    new_id = partial(store.keys.new_id, shard)  # an event's executions share its shard
     queue = publisher.direct_queue
     tasks = publisher.lua_arguments
     written: list[tuple[str, str]] = []
     running: Future[list[tuple[str, str]]] | None = None
     sends: dict[str, int] = {}  # instance id -> the occurrence it sends, for metrics
     for start in range(0, len(events), batch):
-        claims = [plan_claim(e, stamp) for e in events[start : start + batch]]
+        claims = [plan_claim(e, stamp, new_id) for e in events[start : start + batch]]
         sends.update(c.send for c in claims if c.send is not None)
         if claimer is None:
-            written += store.claim(claims, queue, tasks)
+            written += store.claim(shard, claims, queue, tasks)
             continue
         if running is not None:
             written += running.result()
-        running = claimer.submit(store.claim, claims, queue, tasks)
+        running = claimer.submit(store.claim, shard, claims, queue, tasks)
     if running is not None:
         written += running.result()
     if queue is None:
         queued = [iid for iid, status in written if status == InstanceStatus.QUEUED]
         publisher.publish(queued)
         store.forget_pending(queued)
-    _record_dispatch(store, sends, written, now_ms / 1000)
+    _record_dispatch(store, shard, sends, written, now_ms / 1000)
     return Dispatched(len(events), now_ms / 1000)
 
 
 def _record_dispatch(
-    store: Store, sends: dict[str, int], written: list[tuple[str, str]], now: float
+    store: Store, shard: int, sends: dict[str, int], written: list[tuple[str, str]], now: float
 ) -> None:
     """Count what beat wrote and how late each queued occurrence reached the broker."""
     lateness = [
@@ -157,7 +180,7 @@ def _record_dispatch(
         if status == InstanceStatus.QUEUED and iid in sends
     ]
     try:
-        metrics.record_dispatch(store.redis, store.keys, written, lateness)
+        metrics.record_dispatch(store.redis, store.keys, shard, written, lateness)
     except RedisError as exc:  # a dispatch never fails over its metrics
         log.warning("could not record dispatch metrics: %s", exc)
 
@@ -171,11 +194,15 @@ def release_waiting(store: Store, publisher: Publisher, *, unconfirmed: float) -
     keys = store.keys
     queue = publisher.direct_queue
     tasks = publisher.lua_arguments
+    store.sweep_batches()  # batch creates left half done by a process that died
     published = 0
-    for waiting, grace in ((keys.retry, 0.0), (keys.running, 0.0), (keys.pending, unconfirmed)):
-        ids = store.release(waiting, grace=grace, queue=queue, tasks=tasks)
-        if ids and queue is None:
-            publisher.publish(ids)
-            store.forget_pending(ids)
-        published += len(ids)
+    for shard in keys.all_shards():
+        waits = ((keys.retry(shard), 0.0), (keys.running(shard), 0.0),
+                 (keys.pending(shard), unconfirmed))  # fmt: skip
+        for waiting, grace in waits:
+            ids = store.release(waiting, shard, grace=grace, queue=queue, tasks=tasks)
+            if ids and queue is None:
+                publisher.publish(ids)
+                store.forget_pending(ids)
+            published += len(ids)
     return published

@@ -23,6 +23,7 @@ from app.core.errors import (
     UidTaken,
     ValidationError,
 )
+from app.core.keys import Keys
 from app.core.message import DEFAULT_LIMITS, MessageLimits, validate_arguments
 from app.core.publisher import Publisher
 from app.core.records import Event, Instance, InstanceStatus, new_id
@@ -88,9 +89,11 @@ def next_run(schedule: Schedule, now: datetime) -> int:
 
 
 def build_event(
-    spec: EventSpec, project_id: str, now: datetime, defaults: Defaults
+    spec: EventSpec, project_id: str, now: datetime, defaults: Defaults, keys: Keys
 ) -> tuple[Event, Schedule]:
-    """Validate one spec into an Event; raise ValidationError with field-named errors."""
+    """Validate one spec into an Event; raise ValidationError with field-named errors.
+    Its id falls in the shard of its uid (``keys``), so the event and its uid's index
+    share one slot."""
     errors: list[str] = []
     schedule = None
     try:
@@ -108,9 +111,10 @@ def build_event(
     if errors or schedule is None:
         raise ValidationError(errors[0], errors)
     stamp = epoch(now)
+    uid = spec.uid or new_id()
     event = Event(
-        id=new_id(),
-        uid=spec.uid or new_id(),
+        id=keys.new_id(keys.uid_shard(project_id, uid)),
+        uid=uid,
         project_id=project_id,
         schedule=spec.schedule,
         timezone=spec.timezone,
@@ -149,7 +153,7 @@ def create_events(
         if spec.uid is not None:
             seen.add(spec.uid)
         try:
-            event, schedule = build_event(spec, project_id, now, defaults)
+            event, schedule = build_event(spec, project_id, now, defaults, store.keys)
         except ValidationError as exc:
             errors.extend(where + e for e in exc.errors)
             continue
@@ -168,7 +172,7 @@ def trigger(store: Store, publisher: Publisher, event: Event) -> Instance:
     """Run the event now as an extra, manual occurrence; its regular schedule stays.
     The overlap check and the record are one step: of two racing triggers, one wins."""
     instance = Instance(
-        id=new_id(),
+        id=store.keys.new_id(store.keys.shard_of(event.id)),  # in its event's shard
         project_id=event.project_id,
         event_id=event.id,
         event_uid=event.uid,
@@ -196,8 +200,10 @@ def send_message(
 ) -> Instance:
     """Queue one immediate message (trigger ``api``); a reused uid is refused."""
     validate_arguments(arguments, limits=limits)
+    keys = store.keys
     instance = Instance(
-        id=new_id(),
+        # In the shard of its uid, whose index keeps the uid unique (any without one).
+        id=keys.new_id(keys.uid_shard(project_id, uid)) if uid else new_id(),
         project_id=project_id,
         trigger="api",
         status=InstanceStatus.QUEUED,

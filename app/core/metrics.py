@@ -42,15 +42,15 @@ def _label(bound: float) -> str:
 
 
 def record_dispatch(
-    redis: Any, keys: Keys, written: list[tuple[str, str]], lateness: list[float]
+    redis: Any, keys: Keys, shard: int, written: list[tuple[str, str]], lateness: list[float]
 ) -> None:
-    """Beat wrote these (instance id, status) records and published occurrences this
-    many seconds after their scheduled time."""
+    """Beat wrote these (instance id, status) records in ``shard`` and published
+    occurrences this many seconds after their scheduled time."""
     if not written and not lateness:
         return
     pipe = redis.pipeline(transaction=False)
     for status, count in _count(status for _, status in written).items():
-        pipe.hincrby(keys.metrics_executions, status, count)
+        pipe.hincrby(keys.metrics_executions(shard), status, count)
     # Beat publishes many occurrences at once: one increment per bucket, not per value.
     for bucket, count in _count(bucket_of(max(0.0, s)) for s in lateness).items():
         pipe.hincrby(keys.metrics_lateness, bucket, count)
@@ -77,8 +77,14 @@ class Histogram:
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> Histogram:
-        buckets = {_label(b): int(raw.get(_label(b), 0)) for b in BUCKETS}
-        return cls(buckets, int(raw.get("count", 0)), float(raw.get("sum", 0.0)))
+        return cls.from_hashes([raw])
+
+    @classmethod
+    def from_hashes(cls, raws: list[dict[str, str]]) -> Histogram:
+        """The histogram of several stored ones (one per shard), added up."""
+        buckets = {_label(b): sum(int(r.get(_label(b), 0)) for r in raws) for b in BUCKETS}
+        count = sum(int(r.get("count", 0)) for r in raws)
+        return cls(buckets, count, sum(float(r.get("sum", 0.0)) for r in raws))
 
     def cumulative(self) -> list[tuple[str, float]]:
         running, out = 0, []
@@ -101,26 +107,38 @@ class Snapshot:
 def read_snapshot(
     redis: Any, keys: Keys, now: float, *, queue_redis: Any = None, queue: str = ""
 ) -> Snapshot:
-    """Every figure in one round trip (two when the broker is another Redis)."""
+    """Every figure in one round trip (two when the broker is another Redis); the
+    per-shard figures summed over the shards."""
     pipe = redis.pipeline(transaction=False)
-    pipe.zcount(keys.due, "-inf", math.floor(now))
     pipe.get(keys.beat_heartbeat)
-    pipe.hgetall(keys.metrics_executions)
     pipe.hgetall(keys.metrics_lateness)
-    pipe.hgetall(keys.metrics_send_latency)
+    for shard in keys.all_shards():
+        pipe.zcount(keys.due(shard), "-inf", math.floor(now))
+        pipe.hgetall(keys.metrics_executions(shard))
+        pipe.hgetall(keys.metrics_send_latency(shard))
     if queue_redis is redis:
         pipe.llen(queue)
-    backlog, heartbeat, executions, lateness, latency, *depth = pipe.execute()
+    heartbeat, lateness, *replies = pipe.execute()
+    shards = replies[: 3 * keys.shards]
+    depth = replies[3 * keys.shards :]
     if queue_redis is not None and queue_redis is not redis:
         depth = [queue_redis.llen(queue)]
     return Snapshot(
-        due_backlog=int(backlog),
+        due_backlog=sum(int(n) for n in shards[0::3]),
         heartbeat_age=max(0.0, now - float(heartbeat)) if heartbeat else math.inf,
-        executions={status: int(n) for status, n in _decoded(executions).items()},
+        executions=_summed(_decoded(raw) for raw in shards[1::3]),
         lateness=Histogram.from_hash(_decoded(lateness)),
-        send_latency=Histogram.from_hash(_decoded(latency)),
+        send_latency=Histogram.from_hashes([_decoded(raw) for raw in shards[2::3]]),
         queue_depth=int(depth[0]) if depth else None,
     )
+
+
+def _summed(hashes: Iterable[dict[str, str]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for raw in hashes:
+        for name, n in raw.items():
+            total[name] = total.get(name, 0) + int(n)
+    return total
 
 
 def _decoded(raw: dict[Any, Any]) -> dict[str, str]:

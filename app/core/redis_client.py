@@ -1,5 +1,5 @@
 """Builds the Redis client the store uses (responses decoded to str), from a plain Redis
-URL or a Sentinel one (``SentinelUrl``)."""
+URL, a Sentinel one (``SentinelUrl``) or a Cluster one (``ClusterUrl``)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from redis import Redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
 CLIENT_OPTIONS: dict[str, Any] = {
     "decode_responses": True,
     "health_check_interval": 30,
@@ -93,19 +95,66 @@ class SentinelUrl:
         }
 
 
-def _host_port(text: str) -> tuple[str, int]:
+@dataclass(frozen=True)
+class ClusterUrl:
+    """``redis+cluster://[[user]:password@]host:port[,host:port...]``: any reachable
+    nodes of a Redis Cluster (the client discovers the rest, and follows the slots as
+    they move and masters fail over)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterUrl | None:
+        """The URL's parts, None when it is not a Cluster URL; ValueError saying what is
+        wrong with a malformed one."""
+        if not url.startswith(f"{CLUSTER_SCHEME}://"):
+            return None
+        rest = url[len(CLUSTER_SCHEME) + 3 :]
+        auth, _, rest = rest.rpartition("@")
+        hosts, _, path = rest.partition("/")
+        if path.strip("/0"):
+            raise ValueError("a Redis Cluster has no databases: leave the /DB part out")
+        username, _, password = auth.partition(":") if auth else ("", "", "")
+        nodes = tuple(_host_port(host, "cluster node") for host in hosts.split(","))
+        return cls(nodes, unquote(username) or None, unquote(password) if auth else None)
+
+    def client(self) -> RedisCluster:
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in self.nodes],
+            username=self.username,
+            password=self.password,
+            **CLIENT_OPTIONS,
+        )
+
+    def limits(self) -> tuple[str, dict[str, Any]]:
+        """The same nodes as the ``limits`` library (Flask-Limiter's storage) names them."""
+        auth = ""
+        if self.password is not None:
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+        hosts = ",".join(f"{host}:{port}" for host, port in self.nodes)
+        return f"{CLUSTER_SCHEME}://{auth}{hosts}", {}
+
+
+def _host_port(text: str, what: str = "Sentinel") -> tuple[str, int]:
     parts = urlsplit(f"//{text}")
     try:
         port = parts.port
     except ValueError:
         port = None
     if not parts.hostname or port is None:
-        raise ValueError(f"each Sentinel must be host:port, not {text!r}")
+        raise ValueError(f"each {what} must be host:port, not {text!r}")
     return parts.hostname, port
 
 
-def connect(url: str) -> Redis:
+def connect(url: str) -> Any:
+    """A client of the store's Redis: ``Redis`` (a plain URL or a Sentinel one, whose
+    master it finds) or ``RedisCluster``."""
     sentinel = SentinelUrl.parse(url)
     if sentinel is not None:
         return sentinel.master()
+    cluster = ClusterUrl.parse(url)
+    if cluster is not None:
+        return cluster.client()
     return Redis.from_url(url, **CLIENT_OPTIONS)

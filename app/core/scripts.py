@@ -131,8 +131,13 @@ class Scripts:
 
     def _call(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
         script, args = self._scripts[name], [self._now(), *args]
-        if client is not None or not self._replicas or name not in DURABLE:
-            return script(keys=keys, args=args, client=client)
+        if client is not None:
+            # Queued in a caller's MULTI: sent whole (EVAL), since a script missing from
+            # the server's cache would fail the transaction (and Redis Cluster pipelines
+            # refuse EVALSHA). Only pauses and deletes do this.
+            return client.execute_command("EVAL", _source(name), len(keys), *keys, *args)
+        if not self._replicas or name not in DURABLE:
+            return script(keys=keys, args=args)
         pipe = self._redis.pipeline(transaction=False)  # one connection: WAIT is per client
         script(keys=keys, args=args, client=pipe)
         pipe.execute_command("WAIT", self._replicas, REPLICA_WAIT_MS)
@@ -144,9 +149,9 @@ class Scripts:
             )  # fmt: skip
         return reply
 
-    def due(self, limit: int) -> tuple[int, list[tuple[str, int]]]:
-        """(now in epoch ms, [(event id, due epoch), ...] earliest first)."""
-        now, *flat = self._call("due", [self._keys.due], [limit])
+    def due(self, shard: int, limit: int) -> tuple[int, list[tuple[str, int]]]:
+        """(now in epoch ms, [(event id, due epoch), ...] earliest first) of one shard."""
+        now, *flat = self._call("due", [self._keys.due(shard)], [limit])
         pairs = [(_text(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
         return int(now), pairs
 
@@ -160,14 +165,20 @@ class Scripts:
         return [values[i : i + width] for i in range(0, len(values), width)]
 
     def claim(
-        self, claims: list[Claim], *, retention: int, queue: str | None, tasks: Sequence[Any]
+        self,
+        shard: int,
+        claims: list[Claim],
+        *,
+        retention: int,
+        queue: str | None,
+        tasks: Sequence[Any],
     ) -> list[tuple[str, str]]:
-        """Claim the occurrences (and push their task messages onto ``queue`` when the
-        broker is this Redis; ``tasks`` is RedisMessages.arguments); return (instance id,
-        status) for each record written."""
+        """Claim the occurrences of events of ``shard`` (and push their task messages onto
+        ``queue`` when the broker is this Redis; ``tasks`` is RedisMessages.arguments);
+        return (instance id, status) for each record written."""
         if not claims:
             return []
-        keys = [self._keys.due, queue or self._keys.pending]
+        keys = [self._keys.due(shard), queue or self._keys.pending(shard)]
         records = []
         for claim in claims:
             records.append(claim.record(len(keys) + 1))
@@ -180,11 +191,19 @@ class Scripts:
         return list(zip(values[::2], values[1::2], strict=True))
 
     def release(
-        self, waiting: str, *, grace_ms: int, limit: int, queue: str | None, tasks: Sequence[Any]
+        self,
+        waiting: str,
+        shard: int,
+        *,
+        grace_ms: int,
+        limit: int,
+        queue: str | None,
+        tasks: Sequence[Any],
     ) -> list[str]:
-        """Release the due ids of a waiting set: pushed onto ``queue`` with their task
-        messages, or (no queue) moved to {p}:pending for the caller to publish."""
-        destination = queue or self._keys.pending
+        """Release the due ids of a waiting set of ``shard``: pushed onto ``queue`` with
+        their task messages, or (no queue) moved to its pending set for the caller to
+        publish."""
+        destination = queue or self._keys.pending(shard)
         mode = "push" if queue else "take"
         args = [grace_ms, limit, mode, *(tasks if queue else ())]
         _, *ids = self._call("release", [waiting, destination], args)
@@ -207,8 +226,10 @@ class Scripts:
         ``payload``), and push its task ``entry`` onto ``queue`` (the broker is this Redis;
         ``tasks`` is RedisMessages.arguments), or without a queue mark it pending for the
         caller to publish."""
-        destination = queue or self._keys.pending
-        keys = [self._keys.instance(instance_id), destination, self._keys.metrics_executions]
+        shard = self._keys.shard_of(instance_id)
+        destination = queue or self._keys.pending(shard)
+        keys = [self._keys.instance(instance_id), destination,
+                self._keys.metrics_executions(shard)]  # fmt: skip
         entry = entry if queue else ""
         if event is not None:
             event_id, event_uid = event
@@ -216,7 +237,7 @@ class Scripts:
                      self._keys.event_instances(event_id)]  # fmt: skip
             args = ["manual", project_id, event_id, event_uid]
         else:
-            keys.append(self._keys.message_uids(project_id))
+            keys.append(self._keys.message_uids(project_id, shard))
             args = ["api", project_id, uid, payload]
         args += list(tasks) if entry else []
         reply = self._call("enqueue", keys, [retention, instance_id, entry, *args])
@@ -225,8 +246,10 @@ class Scripts:
     def start(
         self, instance_id: str, event_id: str, *, lease_ms: int, retention: int, retries: int
     ) -> Start:
-        keys = [self._keys.instance(instance_id), self._keys.running, self._keys.retry,
-                self._keys.pending, self._keys.metrics_executions]  # fmt: skip
+        shard = self._keys.shard_of(instance_id)
+        keys = [self._keys.instance(instance_id), self._keys.running(shard),
+                self._keys.retry(shard), self._keys.pending(shard),
+                self._keys.metrics_executions(shard)]  # fmt: skip
         if event_id:
             keys += [self._keys.event(event_id), self._keys.event_inflight(event_id),
                      self._keys.event_metadata(event_id)]  # fmt: skip
@@ -251,7 +274,8 @@ class Scripts:
     ) -> tuple[Held, str]:
         """Renew the lease (and record the progress, when given): (HELD, ""), (LOST, "")
         or (STOP, "paused" | "deleted")."""
-        keys = [self._keys.instance(instance_id), self._keys.running]
+        keys = [self._keys.instance(instance_id),
+                self._keys.running(self._keys.shard_of(instance_id))]  # fmt: skip
         reply = self._call("hold", keys, [lease_ms, token, instance_id, delivered, result])
         return Held(_text(reply[0])), _text(reply[1]) if len(reply) > 1 else ""
 
@@ -259,8 +283,10 @@ class Scripts:
         self, instance_id: str, token: str, *, delay_ms: int, error: str, latency: tuple[str, float]
     ) -> bool:
         """Park the execution for ``delay_ms``; False when the token no longer holds it."""
-        keys = [self._keys.instance(instance_id), self._keys.running, self._keys.retry,
-                self._keys.metrics_executions, self._keys.metrics_send_latency]  # fmt: skip
+        shard = self._keys.shard_of(instance_id)
+        keys = [self._keys.instance(instance_id), self._keys.running(shard),
+                self._keys.retry(shard), self._keys.metrics_executions(shard),
+                self._keys.metrics_send_latency(shard)]  # fmt: skip
         bucket, seconds = latency
         reply = self._call("retry", keys, [token, instance_id, delay_ms, error, bucket, seconds])
         return bool(_text(reply[0]) == "retrying")
@@ -278,8 +304,10 @@ class Scripts:
         latency: tuple[str, float] | None,
     ) -> bool:
         """Write the final state; False when the token no longer holds the record."""
-        keys = [self._keys.instance(instance_id), self._keys.running,
-                self._keys.metrics_executions, self._keys.metrics_send_latency]  # fmt: skip
+        shard = self._keys.shard_of(instance_id)
+        keys = [self._keys.instance(instance_id), self._keys.running(shard),
+                self._keys.metrics_executions(shard),
+                self._keys.metrics_send_latency(shard)]  # fmt: skip
         if event_id:
             keys += [self._keys.event(event_id), self._keys.event_inflight(event_id),
                      self._keys.event_instances(event_id)]  # fmt: skip
@@ -294,12 +322,14 @@ class Scripts:
     def cancel(self, event_id: str, instance_ids: list[str], why: str, *, client: Any) -> None:
         """Queue the cancel of the event's in-flight executions on ``client`` (the MULTI
         of a pause or delete)."""
-        keys = [self._keys.pending, self._keys.retry, self._keys.event_inflight(event_id),
-                self._keys.metrics_executions, *map(self._keys.instance, instance_ids)]  # fmt: skip
+        shard = self._keys.shard_of(event_id)
+        keys = [self._keys.pending(shard), self._keys.retry(shard),
+                self._keys.event_inflight(event_id), self._keys.metrics_executions(shard),
+                *map(self._keys.instance, instance_ids)]  # fmt: skip
         self._call("cancel", keys, [why, *instance_ids], client=client)
 
     def park(self, event_id: str, *, client: Any) -> None:
         """Queue, on ``client`` (the MULTI of a pause), taking the event out of the due
         index while keeping its due time as ``resume_at``."""
-        keys = [self._keys.due, self._keys.event(event_id)]
-        self._scripts["park"](keys=keys, args=[event_id], client=client)
+        keys = [self._keys.due(self._keys.shard_of(event_id)), self._keys.event(event_id)]
+        client.execute_command("EVAL", _source("park"), len(keys), *keys, event_id)

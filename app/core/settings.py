@@ -14,11 +14,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from app.core.keys import MAX_SHARDS
 from app.core.message import MessageLimits
-from app.core.redis_client import SENTINEL_SCHEME, SentinelUrl
+from app.core.redis_client import CLUSTER_SCHEME, SENTINEL_SCHEME, ClusterUrl, SentinelUrl
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_SCHEMES = {"redis", "rediss", "unix", SENTINEL_SCHEME}
+STORE_SCHEMES = REDIS_SCHEMES | {CLUSTER_SCHEME}
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?\s*$", re.I)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -58,6 +60,9 @@ class Settings:
     worker_concurrency: int = 32
     # Executions per task message when there is a backlog (app.core.publisher).
     task_batch: int = 16
+    # How many shards a new store's keys are split into (fixed once the store exists;
+    # docs/operations.md, "Redis Cluster").
+    store_shards: int = 1
     max_body_bytes: int = 10 * 1024 * 1024
     batch_limit: int = 1000
     retention_days: int = 30
@@ -100,8 +105,13 @@ class Settings:
         # Heroku Redis serves rediss:// with a self-signed certificate and owns REDIS_URL,
         # so the option is added here, where every client (store, broker, limiter) reads it.
         verify = _bool(env, "SENDBEAT_REDIS_TLS_VERIFY", True)
-        redis_url = _tls(_url(env, "REDIS_URL", defaults.redis_url, REDIS_SCHEMES), verify)
+        redis_url = _tls(_url(env, "REDIS_URL", defaults.redis_url, STORE_SCHEMES), verify)
         broker = _url(env, "BROKER_URL", "", REDIS_SCHEMES | {"amqp", "amqps"})
+        if redis_url.startswith(f"{CLUSTER_SCHEME}:") and not broker:
+            raise SettingsError(
+                "REDIS_URL is a Redis Cluster, which cannot also be the Celery broker (kombu "
+                "has no Cluster transport): set BROKER_URL to a separate Redis or RabbitMQ"
+            )
         return cls(
             redis_url=redis_url,
             broker_url=_tls(broker, verify),
@@ -134,6 +144,7 @@ class Settings:
                 env, "SENDBEAT_WORKER_CONCURRENCY", defaults.worker_concurrency, 1, 1000
             ),
             task_batch=_int(env, "SENDBEAT_TASK_BATCH", defaults.task_batch, 1, 100),
+            store_shards=_int(env, "SENDBEAT_STORE_SHARDS", defaults.store_shards, 1, MAX_SHARDS),
             max_body_bytes=_int(env, "SENDBEAT_MAX_BODY_BYTES", defaults.max_body_bytes, 1024),
             batch_limit=_int(env, "SENDBEAT_BATCH_LIMIT", defaults.batch_limit, 1),
             retention_days=_int(env, "SENDBEAT_RETENTION_DAYS", defaults.retention_days, 1),
@@ -179,6 +190,7 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: set[str]) -> 
         raise SettingsError(f"{name}={value!r}: the URL must start with one of {allowed}")
     try:
         SentinelUrl.parse(value)
+        ClusterUrl.parse(value)
     except ValueError as error:
         raise SettingsError(f"{name}: {error}") from None
     return value

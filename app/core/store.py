@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from redis import Redis, WatchError
+from redis.cluster import RedisCluster
 
 from app.core import metrics
 from app.core.clock import from_timestamp
@@ -32,10 +33,13 @@ from app.core.records import (
     Event,
     Instance,
     Project,
+    new_id,
 )
 from app.core.scripts import Claim, Enqueued, Held, Scripts, Start
 
 KEY_PREFIX_CHARS = 12
+STAGED = "staged"  # an event hash field: written by a batch create not yet committed
+BATCH_GRACE = 30.0  # seconds after which beat settles a batch create left half done
 
 
 def key_digest(key: str) -> str:
@@ -67,15 +71,21 @@ class Store:
         retention_days: int = 30,
         clock: Callable[[], datetime] | None = None,
         replicas: int = 0,
+        stage_batches: bool | None = None,
     ) -> None:
         """``replicas``: how many replicas must hold an execution's record before the
-        script that wrote it returns (Redis WAIT; 0: none asked, Settings.redis_replicas)."""
+        script that wrote it returns (Redis WAIT; 0: none asked, Settings.redis_replicas).
+        ``stage_batches``: create batches spanning shards in steps (``_staged``), as Redis
+        Cluster needs; by default on a Cluster only."""
         # The store speaks str: every client it is given must decode responses. redis-py's
         # types cannot say so (they are bytes | str), hence Any.
         self.redis: Any = redis
         self.keys = keys or Keys()
         self.retention = retention_days * 86400
         self.clock = clock
+        self.stage_batches = (
+            isinstance(redis, RedisCluster) if stage_batches is None else stage_batches
+        )
         self.scripts = Scripts(redis, self.keys, self._pinned_ms, replicas=replicas)
 
     # -- the clock -----------------------------------------------------------------
@@ -96,7 +106,7 @@ class Store:
         project_id = secrets.token_hex(8)
         if not self.redis.hsetnx(self.keys.project_names, name, project_id):
             raise UidTaken(name, f"A project named {name!r} already exists.")
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=True)
         pipe.hset(
             self.keys.project(project_id),
             mapping={"id": project_id, "name": name, "created_at": now},
@@ -109,7 +119,7 @@ class Store:
     def _add_key(self, project_id: str, now: int) -> str:
         key = new_api_key()
         digest = key_digest(key)
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=True)
         pipe.hset(
             self.keys.api_key(digest),
             mapping={"project_id": project_id, "prefix": key[:KEY_PREFIX_CHARS], "created_at": now},
@@ -131,7 +141,7 @@ class Store:
         if not raw:
             return None
         digests = sorted(self.redis.smembers(self.keys.project_keys(project_id)))
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         for digest in digests:
             pipe.hget(self.keys.api_key(digest), "prefix")
         prefixes = tuple(p for p in pipe.execute() if p)
@@ -168,7 +178,7 @@ class Store:
         return project
 
     def _revoke_digests(self, project_id: str, digests: Iterable[str]) -> None:
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=True)
         for digest in digests:
             pipe.delete(self.keys.api_key(digest))
             pipe.srem(self.keys.project_keys(project_id), digest)
@@ -181,31 +191,177 @@ class Store:
     # -- events --------------------------------------------------------------------
 
     def add_events(self, events: list[Event]) -> None:
-        """Store new events all together or not at all; raise UidTaken for a used uid."""
+        """Store new events all together or not at all; raise UidTaken for a used uid.
+
+        One transaction when they fit one (a single Redis, or one shard); on Redis Cluster
+        a batch spanning shards is staged shard by shard, then committed (``_staged``)."""
         if not events:
             return
         project_id = events[0].project_id
-        uids_key = self.keys.uids(project_id)
+        groups: dict[int, list[Event]] = {}
+        for event in events:
+            groups.setdefault(self.keys.uid_shard(project_id, event.uid), []).append(event)
         # Creation order for listing: a sequence, since many events share one second.
         last = self.redis.incrby(self.keys.event_sequence(project_id), len(events))
-        first = last - len(events) + 1
-        with self.redis.pipeline() as pipe:
+        numbers = {event.id: n for n, event in enumerate(events, start=last - len(events) + 1)}
+        if len(groups) > 1 and self.stage_batches:
+            self._staged(project_id, groups, numbers)
+        else:
+            self._at_once(project_id, groups, numbers)
+        if any(_due_at(event) is not None for event in events):
+            self.wake_beat()
+
+    def _at_once(
+        self, project_id: str, groups: dict[int, list[Event]], numbers: dict[str, int]
+    ) -> None:
+        keys = self.keys
+        with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(uids_key)
-                    taken = pipe.hmget(uids_key, [e.uid for e in events])
-                    for event, existing in zip(events, taken, strict=True):
-                        if existing:
-                            raise UidTaken(event.uid, "Could not create scheduled event.")
+                    pipe.watch(*(keys.uids(project_id, shard) for shard in groups))
+                    for shard, group in groups.items():
+                        _refuse_taken(pipe, keys.uids(project_id, shard), group)
                     pipe.multi()
-                    for number, event in enumerate(events, start=first):
-                        self._write_event(pipe, event)
-                        pipe.hset(uids_key, event.uid, event.id)
-                        pipe.zadd(self.keys.project_events(project_id), {event.id: number})
+                    for shard, group in groups.items():
+                        for event in group:
+                            self._write_event(pipe, event)
+                            pipe.hset(keys.uids(project_id, shard), event.uid, event.id)
+                            number = numbers[event.id]
+                            pipe.zadd(keys.project_events(project_id, shard), {event.id: number})
                     pipe.execute()
                     return
                 except WatchError:
                     continue
+
+    # -- a batch create across shards (Redis Cluster) ------------------------------------
+
+    def _staged(
+        self, project_id: str, groups: dict[int, list[Event]], numbers: dict[str, int]
+    ) -> None:
+        """A transaction cannot span hash slots, so: note the batch's plan (global slot),
+        stage each shard's events (written, their uids taken, but flagged ``staged`` so no
+        reader sees them and out of the due index), then mark the plan committed and
+        commit each shard. A uid found taken undoes the shards staged so far. A creator
+        that dies half way leaves the plan behind; beat's ``sweep_batches`` finishes it
+        (committed) or undoes it (still staging) once it is older than BATCH_GRACE."""
+        keys = self.keys
+        batch = new_id()
+        plan = {"project": project_id, "events": [
+            [e.id, e.uid, numbers[e.id], _due_at(e)] for group in groups.values() for e in group
+        ]}  # fmt: skip
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.batch(batch), mapping={"state": "staging", "plan": json.dumps(plan)})
+        pipe.zadd(keys.batches, {batch: self._now_ms()})
+        pipe.execute()
+        try:
+            for shard, group in groups.items():
+                self._stage(project_id, shard, group, batch)
+        except UidTaken:
+            if self._advance(batch, "staging", "undoing"):
+                self._settle(batch)
+            raise
+        if not self._advance(batch, "staging", "commit"):
+            # The sweep took this creator for dead and undid the batch.
+            raise RuntimeError(f"batch {batch} was undone by beat before it was committed")
+        self._settle(batch)
+
+    def _stage(self, project_id: str, shard: int, group: list[Event], batch: str) -> None:
+        uids = self.keys.uids(project_id, shard)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(uids)
+                    _refuse_taken(pipe, uids, group)
+                    pipe.multi()
+                    for event in group:
+                        self._put_event(pipe, event)
+                        pipe.hset(self.keys.event(event.id), STAGED, batch)
+                        pipe.hset(uids, event.uid, event.id)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
+    def _advance(self, batch: str, before: str, after: str) -> bool:
+        """Move the batch's state from ``before`` to ``after``; False when it was not
+        ``before`` (another process moved it first)."""
+        record = self.keys.batch(batch)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(record)
+                    if pipe.hget(record, "state") != before:
+                        return False
+                    pipe.multi()
+                    pipe.hset(record, "state", after)
+                    pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+
+    def _settle(self, batch: str) -> None:
+        """Carry out the batch's state, shard by shard (each step idempotent), and forget it:
+        commit (unflag the events, put them in the due index and the project's list) or
+        undo (delete what was staged by this batch, free the uids it took)."""
+        keys = self.keys
+        raw = self.redis.hgetall(keys.batch(batch))
+        if raw.get("state") == "commit":
+            plan = json.loads(raw["plan"])
+            project_id = plan["project"]
+            by_shard: dict[int, list[list[Any]]] = {}
+            for row in plan["events"]:
+                by_shard.setdefault(keys.shard_of(row[0]), []).append(row)
+            for shard, rows in by_shard.items():  # one transaction per shard
+                pipe = self.redis.pipeline(transaction=True)
+                for event_id, _, number, due_at in rows:
+                    pipe.hdel(keys.event(event_id), STAGED)
+                    pipe.zadd(keys.project_events(project_id, shard), {event_id: number})
+                    if due_at is not None:
+                        pipe.zadd(keys.due(shard), {event_id: due_at})
+                pipe.execute()
+        elif raw.get("state") == "undoing":
+            plan = json.loads(raw["plan"])
+            for event_id, uid, _, _ in plan["events"]:
+                self._unstage(plan["project"], event_id, uid, batch)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(keys.batch(batch))
+        pipe.zrem(keys.batches, batch)
+        pipe.execute()
+
+    def _unstage(self, project_id: str, event_id: str, uid: str, batch: str) -> None:
+        keys = self.keys
+        event, uids = keys.event(event_id), keys.uids(project_id, keys.shard_of(event_id))
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(event, uids)
+                    ours = pipe.hget(event, STAGED) == batch
+                    took = pipe.hget(uids, uid) == event_id
+                    pipe.multi()
+                    if ours:
+                        pipe.delete(event, keys.event_metadata(event_id))
+                    if ours and took:
+                        pipe.hdel(uids, uid)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
+    def sweep_batches(self, grace: float = BATCH_GRACE) -> int:
+        """Finish or undo the batch creates whose creator stopped half way (beat calls
+        this); how many it settled."""
+        if not self.stage_batches:
+            return 0
+        older = self._now_ms() - int(grace * 1000)
+        settled = 0
+        for batch in self.redis.zrangebyscore(self.keys.batches, "-inf", older):
+            self._advance(batch, "staging", "undoing")  # a creator that stalled: undo
+            self._settle(batch)
+            settled += 1
+        return settled
+
+    def _now_ms(self) -> int:
+        return int(self.now().timestamp() * 1000)
 
     def edit_event(
         self, project_id: str, event_id: str, decide: Callable[[Event], Edit]
@@ -221,7 +377,7 @@ class Store:
         """
         watched = (self.keys.event(event_id), self.keys.event_metadata(event_id),
                    self.keys.event_inflight(event_id))  # fmt: skip
-        with self.redis.pipeline() as pipe:
+        with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(*watched)
@@ -231,13 +387,17 @@ class Store:
                     edit = decide(event)
                     inflight = pipe.zrange(watched[2], 0, -1) if edit.cancel else []
                     pipe.multi()
-                    self._apply(pipe, edit, inflight)
+                    wake = self._apply(pipe, edit, inflight)
                     pipe.execute()
-                    return edit
+                    break
                 except WatchError:
                     continue
+        if wake:
+            self.wake_beat()
+        return edit
 
-    def _apply(self, pipe: Any, edit: Edit, inflight: list[str]) -> None:
+    def _apply(self, pipe: Any, edit: Edit, inflight: list[str]) -> bool:
+        """Queue the edit's writes on ``pipe``; whether beat must look again."""
         event = edit.event
         if edit.cancel:
             self.scripts.cancel(event.id, inflight, edit.cancel, client=pipe)
@@ -247,12 +407,13 @@ class Store:
             self._put_event(pipe, event)
             self.scripts.park(event.id, client=pipe)
         elif edit.reschedule:
-            self._write_event(pipe, event)
+            return self._write_event(pipe, event)
         else:
             # The due index is left alone: beat may have just moved the score to the
             # next run, and writing back the score read earlier would claim an
             # occurrence twice.
             self._put_event(pipe, event)
+        return False
 
     def _put_event(self, pipe: Any, event: Event) -> None:
         fields = event.to_hash()
@@ -264,28 +425,39 @@ class Store:
             self.keys.event_metadata(event.id), json.dumps(event.metadata, separators=(",", ":"))
         )
 
-    def _write_event(self, pipe: Any, event: Event) -> None:
+    def _write_event(self, pipe: Any, event: Event) -> bool:
+        """Queue the event's writes with its place in the due index; whether it is due
+        at some time (a sleeping beat must look again: it may be before it would)."""
         self._put_event(pipe, event)
+        due = self.keys.due(self.keys.shard_of(event.id))
         if event.scheduled_at is None or event.status != "activated":
-            pipe.zrem(self.keys.due, event.id)
-        else:
-            pipe.zadd(self.keys.due, {event.id: event.scheduled_at})
-            # Wake a sleeping beat: this run may be due before it would look again.
-            pipe.lpush(self.keys.beat_wake, 1)
-            pipe.ltrim(self.keys.beat_wake, 0, 0)
+            pipe.zrem(due, event.id)
+            return False
+        pipe.zadd(due, {event.id: event.scheduled_at})
+        return True
+
+    def wake_beat(self) -> None:
+        """Wake a sleeping beat (a hint, written after the change it announces: the wake
+        key is in the global slot, not the event's)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpush(self.keys.beat_wake, 1)
+        pipe.ltrim(self.keys.beat_wake, 0, 0)
+        pipe.execute()
 
     def _delete(self, pipe: Any, event: Event) -> None:
         """Everything of the event goes now, but its execution records and their index,
         which stay readable by id until the retention ends, and then expire too."""
-        pipe.zrem(self.keys.due, event.id)
+        shard = self.keys.shard_of(event.id)
+        pipe.zrem(self.keys.due(shard), event.id)
         pipe.delete(self.keys.event(event.id), self.keys.event_metadata(event.id))
-        pipe.hdel(self.keys.uids(event.project_id), event.uid)
-        pipe.zrem(self.keys.project_events(event.project_id), event.id)
+        pipe.hdel(self.keys.uids(event.project_id, shard), event.uid)
+        pipe.zrem(self.keys.project_events(event.project_id, shard), event.id)
         pipe.expire(self.keys.event_instances(event.id), self.retention)
         pipe.expire(self.keys.event_inflight(event.id), self.retention)
 
     def event_by_uid(self, project_id: str, uid: str) -> Event:
-        event_id = self.redis.hget(self.keys.uids(project_id), uid)
+        shard = self.keys.uid_shard(project_id, uid)
+        event_id = self.redis.hget(self.keys.uids(project_id, shard), uid)
         event = self._events([event_id])[0] if event_id else None
         if event is None:
             raise NotFound(NO_SUCH_UID)
@@ -297,23 +469,26 @@ class Store:
         return event if event is not None and event.project_id == project_id else None
 
     def _events(self, ids: list[str]) -> list[Event | None]:
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         for event_id in ids:
             pipe.hgetall(self.keys.event(event_id))
-            pipe.zscore(self.keys.due, event_id)
+            pipe.zscore(self.keys.due(self.keys.shard_of(event_id)), event_id)
             pipe.get(self.keys.event_metadata(event_id))
         replies = pipe.execute()
         rows = list(zip(replies[::3], replies[1::3], replies[2::3], strict=True))
         last_runs = self._summaries([raw.get("last_run", "") for raw, _, _ in rows])
         return [
-            Event.from_hash(event_id, raw, score, metadata, last_run) if raw else None
+            # A staged event (a batch create not yet committed) does not exist yet.
+            Event.from_hash(event_id, raw, score, metadata, last_run)
+            if raw and STAGED not in raw
+            else None
             for event_id, (raw, score, metadata), last_run in zip(ids, rows, last_runs, strict=True)
         ]
 
     def _summaries(self, instance_ids: list[str]) -> list[dict[str, Any] | None]:
         """Summaries of these executions (None for "" or one no longer kept)."""
         known = [iid for iid in instance_ids if iid]
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         for iid in known:
             pipe.hgetall(self.keys.instance(iid))
         found = {
@@ -327,20 +502,37 @@ class Store:
         self, project_id: str, offset: int, limit: int, status: str | None = None
     ) -> tuple[list[Event], int]:
         """A page of the project's events, oldest first, and the total that match."""
-        key = self.keys.project_events(project_id)
-        if status is None:
+        if status is None and self.keys.shards == 1:
+            key = self.keys.project_events(project_id, 0)
             ids = self.redis.zrange(key, offset, offset + limit - 1)
             return [e for e in self._events(ids) if e is not None], self.redis.zcard(key)
-        events = [e for e in self._events(self.redis.zrange(key, 0, -1)) if e is not None]
-        events = [e for e in events if e.status == status]
-        return events[offset : offset + limit], len(events)
+        if status is None:
+            ids, total = self._event_ids(project_id, offset + limit)
+            page = self._events(ids[offset : offset + limit])
+            return [e for e in page if e is not None], total
+        ids, _ = self._event_ids(project_id, None)
+        matching = [e for e in self._events(ids) if e is not None and e.status == status]
+        return matching[offset : offset + limit], len(matching)
+
+    def _event_ids(self, project_id: str, first: int | None) -> tuple[list[str], int]:
+        """The ``first`` (None: all) oldest event ids of the project, merged from its
+        shards by creation number, and how many it has."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in self.keys.all_shards():
+            key = self.keys.project_events(project_id, shard)
+            pipe.zrange(key, 0, -1 if first is None else first - 1, withscores=True)
+            pipe.zcard(key)
+        replies = pipe.execute()
+        merged = sorted((pair for pairs in replies[::2] for pair in pairs), key=lambda p: p[1])
+        ids = [event_id for event_id, _ in merged]
+        return ids if first is None else ids[:first], sum(replies[1::2])
 
     # -- the due index (beat) ------------------------------------------------------
 
-    def due_events(self, limit: int) -> tuple[int, list[DueEvent]]:
-        """Redis' time (epoch ms) and the events due by it, earliest first, with only the
-        fields beat plans a claim from (two commands, whatever the batch)."""
-        now_ms, due = self.scripts.due(limit)
+    def due_events(self, shard: int, limit: int) -> tuple[int, list[DueEvent]]:
+        """Redis' time (epoch ms) and the events of ``shard`` due by it, earliest first,
+        with only the fields beat plans a claim from (two commands, whatever the batch)."""
+        now_ms, due = self.scripts.due(shard, limit)
         rows = self.scripts.fields([self.keys.event(event_id) for event_id, _ in due], DUE_FIELDS)
         events = [
             DueEvent.from_row(event_id, at, row)
@@ -350,42 +542,60 @@ class Store:
         return now_ms, events
 
     def next_due_at(self) -> int | None:
-        first = self.redis.zrange(self.keys.due, 0, 0, withscores=True)
-        return int(first[0][1]) if first else None
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in self.keys.all_shards():
+            pipe.zrange(self.keys.due(shard), 0, 0, withscores=True)
+        firsts = [int(first[0][1]) for first in pipe.execute() if first]
+        return min(firsts, default=None)
 
     def claim(
-        self, claims: list[Claim], queue: str | None = None, tasks: Sequence[Any] = ()
+        self,
+        shard: int,
+        claims: list[Claim],
+        queue: str | None = None,
+        tasks: Sequence[Any] = (),
     ) -> list[tuple[str, str]]:
-        """Claim the occurrences; with ``queue`` (the broker is this Redis) also push their
-        task messages (``tasks``: RedisMessages.arguments), in the same atomic step."""
-        return self.scripts.claim(claims, retention=self.retention, queue=queue, tasks=tasks)
+        """Claim the occurrences of events of ``shard``; with ``queue`` (the broker is this
+        Redis) also push their task messages (``tasks``: RedisMessages.arguments), in the
+        same atomic step."""
+        return self.scripts.claim(shard, claims, retention=self.retention, queue=queue, tasks=tasks)
 
     def release(
         self,
         waiting: str,
+        shard: int,
         *,
         grace: float,
         queue: str | None,
         tasks: Sequence[Any] = (),
         limit: int = 1000,
     ) -> list[str]:
-        """Release what waits in ``waiting`` (retry, running or pending) longer than
-        ``grace`` seconds past its time: onto ``queue``, or without one into pending for
-        the caller to publish and then ``forget_pending``."""
+        """Release what waits in ``waiting`` (the retry, running or pending set of
+        ``shard``) longer than ``grace`` seconds past its time: onto ``queue``, or without
+        one into pending for the caller to publish and then ``forget_pending``."""
         return self.scripts.release(
-            waiting, grace_ms=int(grace * 1000), limit=limit, queue=queue, tasks=tasks
+            waiting, shard, grace_ms=int(grace * 1000), limit=limit, queue=queue, tasks=tasks
         )
 
     def forget_pending(self, instance_ids: list[str]) -> None:
         """Their publish is confirmed."""
-        if instance_ids:
-            self.redis.zrem(self.keys.pending, *instance_ids)
+        by_shard: dict[int, list[str]] = {}
+        for iid in instance_ids:
+            by_shard.setdefault(self.keys.shard_of(iid), []).append(iid)
+        for shard, ids in by_shard.items():
+            self.redis.zrem(self.keys.pending(shard), *ids)
 
-    def waiting(self, waiting_key: str) -> list[tuple[str, int]]:
-        """Everything in a waiting set, with its time (epoch ms): for tests and operators."""
-        return [
-            (iid, int(at)) for iid, at in self.redis.zrange(waiting_key, 0, -1, withscores=True)
+    def waiting(self, kind: str) -> list[tuple[str, int]]:
+        """Everything in the ``kind`` ("pending", "retry" or "running") sets of all shards,
+        with its time (epoch ms), earliest first: for tests and operators."""
+        sets = {"pending": self.keys.pending, "retry": self.keys.retry,
+                "running": self.keys.running}  # fmt: skip
+        found = [
+            (iid, int(at))
+            for shard in self.keys.all_shards()
+            for iid, at in self.redis.zrange(sets[kind](shard), 0, -1, withscores=True)
         ]
+        return sorted(found, key=lambda pair: pair[1])
 
     def wait_for_wake(self, timeout: float) -> bool:
         """Sleep until an event is (re)scheduled or ``timeout`` passes; True when woken."""
@@ -429,15 +639,16 @@ class Store:
 
     def discard(self, instance: Instance, uid: str | None = None) -> None:
         """Forget an execution that never reached the broker, and free its uid."""
+        shard = self.keys.shard_of(instance.id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.keys.instance(instance.id))
-        pipe.zrem(self.keys.pending, instance.id)
-        pipe.hincrby(self.keys.metrics_executions, "queued", -1)
+        pipe.zrem(self.keys.pending(shard), instance.id)
+        pipe.hincrby(self.keys.metrics_executions(shard), "queued", -1)
         if instance.event_id:
             pipe.zrem(self.keys.event_instances(instance.event_id), instance.id)
             pipe.zrem(self.keys.event_inflight(instance.event_id), instance.id)
         if uid is not None:
-            pipe.zrem(self.keys.message_uids(instance.project_id), uid)
+            pipe.zrem(self.keys.message_uids(instance.project_id, shard), uid)
         pipe.execute()
 
     def instance(self, instance_id: str) -> Instance | None:
@@ -518,7 +729,7 @@ class Store:
         """A page of the event's executions, newest first, and how many are kept."""
         key = self.keys.event_instances(event_id)
         ids = self.redis.zrevrange(key, offset, offset + limit - 1)
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         for iid in ids:
             pipe.hgetall(self.keys.instance(iid))
         pipe.zcard(key)
@@ -526,6 +737,18 @@ class Store:
         return [Instance.from_hash(i, raw) for i, raw in zip(ids, raws, strict=True) if raw], int(
             total
         )
+
+
+def _due_at(event: Event) -> int | None:
+    """Where the event goes in the due index (None: not in it)."""
+    return event.scheduled_at if event.status == "activated" else None
+
+
+def _refuse_taken(pipe: Any, uids_key: str, group: list[Event]) -> None:
+    taken = pipe.hmget(uids_key, [event.uid for event in group])
+    for event, existing in zip(group, taken, strict=True):
+        if existing:
+            raise UidTaken(event.uid, "Could not create scheduled event.")
 
 
 def _latency(seconds: float) -> tuple[str, float]:

@@ -127,12 +127,12 @@ def test_metrics_read_redis_at_scrape_time(settings: Settings, store: Store) -> 
 
     now = time.time()
     store.heartbeat(now - 3)
-    store.redis.zadd(store.keys.due, {"a": now - 10, "b": now - 1, "c": now + 3600})
+    store.redis.zadd(store.keys.due(0), {"a": now - 10, "b": now - 1, "c": now + 3600})
     store.redis.rpush(settings.queue, "m1", "m2")
     ended(store, "succeeded", 0.3)
     ended(store, "failed", 12.0)
     metrics.record_dispatch(
-        store.redis, store.keys, [("i1", "queued"), ("i2", "missed"), ("i3", "missed")], [0.02]
+        store.redis, store.keys, 0, [("i1", "queued"), ("i2", "missed"), ("i3", "missed")], [0.02]
     )
 
     after = scrape(app)
@@ -225,7 +225,7 @@ def test_keys_are_limited_apart_and_never_stored(settings: Settings, store: Stor
         headers={"Authorization": f"Bearer {first}"},
     )
     assert bearer.status_code == 429
-    stored = " ".join(store.redis.scan_iter(f"{settings.key_prefix}:ratelimit*"))
+    stored = " ".join(store.redis.scan_iter(f"{store.keys.rate_limits}*"))
     assert stored and first not in stored and second not in stored
 
 

@@ -168,6 +168,7 @@ def process_env(settings: Settings) -> dict[str, str]:
         SENDBEAT_PUBLISH_GRACE=str(settings.publish_grace),
         SENDBEAT_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
         SENDBEAT_REDIS_REPLICAS=str(settings.redis_replicas),
+        SENDBEAT_STORE_SHARDS=str(settings.store_shards),
         SENDBEAT_RATE_LIMIT_MESSAGING="none",
         SENDBEAT_RATE_LIMIT_SCHEDULES="none",
         PYTHONUNBUFFERED="1",

@@ -298,7 +298,7 @@ def test_a_long_outage_sends_the_latest_occurrence_once(
     processes.worker()
     record = create(web, "outage", "every 1 secs", arguments(["a@example.com"]), catchup_window=5)
     # Beat was down for five minutes: 300 occurrences, 295 beyond the catch-up window.
-    store.redis.zadd(store.keys.due, {record["id"]: int(time.time()) - 300})
+    store.redis.zadd(store.keys.due(0), {record["id"]: int(time.time()) - 300})
 
     started = time.time()
     processes.beat()
@@ -372,7 +372,7 @@ def test_updates_racing_deletes_never_bring_an_event_back(
         assert not store.redis.exists(
             store.keys.event(event_id), store.keys.event_metadata(event_id)
         )
-        assert store.redis.zscore(store.keys.due, event_id) is None
+        assert store.redis.zscore(store.keys.due(0), event_id) is None
 
 
 def test_two_triggers_at_once_run_one(web: Web, processes: Processes) -> None:

@@ -114,7 +114,7 @@ def test_beat_down_past_the_window_records_missed_runs_and_sends_one_late(
     # holds after such an outage.
     now = int(time.time())
     minute = now - now % 60
-    store.redis.zadd(store.keys.due, {minutely["id"]: minute - 600, once["id"]: now - 420})
+    store.redis.zadd(store.keys.due(0), {minutely["id"]: minute - 600, once["id"]: now - 420})
 
     processes.beat()
     time.sleep(4)

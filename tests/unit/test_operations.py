@@ -43,13 +43,14 @@ def test_histograms_are_made_cumulative_when_rendered() -> None:
 
 
 def test_record_dispatch_counts_statuses_and_lateness(redis: Redis, settings: Settings) -> None:
-    keys = Keys(settings.key_prefix)
-    metrics.record_dispatch(redis, keys, [], [])
-    assert not redis.exists(keys.metrics_executions, keys.metrics_lateness)
+    keys = Keys(settings.key_prefix, shards=2)
+    metrics.record_dispatch(redis, keys, 0, [], [])
+    assert not redis.exists(keys.metrics_executions(0), keys.metrics_lateness)
     written = [("a", "queued"), ("b", "skipped"), ("c", "queued")]
-    metrics.record_dispatch(redis, keys, written, [0.2, 75.0])
+    metrics.record_dispatch(redis, keys, 0, written, [0.2, 75.0])
+    metrics.record_dispatch(redis, keys, 1, [("d", "queued")], [])
     snap = metrics.read_snapshot(redis, keys, 0.0)
-    assert snap.executions == {"queued": 2, "skipped": 1}
+    assert snap.executions == {"queued": 3, "skipped": 1}  # summed over the shards
     assert snap.lateness.count == 2
     assert snap.lateness.sum == pytest.approx(75.2)
     assert snap.lateness.buckets["0.25"] == 1 and snap.lateness.buckets["+Inf"] == 1

@@ -114,7 +114,7 @@ def test_an_unexpected_exception_ends_the_execution_failed(store: Store) -> None
         "Header values may not contain linefeed or carriage return characters"
     )
     assert not store.redis.zcard(store.keys.event_inflight(ended.event_id))
-    assert not store.redis.zcard(store.keys.running)
+    assert not store.waiting("running")
 
 
 def test_a_worker_that_lost_its_lease_stops_and_only_notes_what_arrived(store: Store) -> None:

@@ -12,9 +12,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 import fakeredis
 import pytest
+from redis.crc import key_slot
 
 from app.core.dispatch import MAX_MISSED_PER_CLAIM, dispatch_due, plan_claim, release_waiting
 from app.core.errors import Conflict, EventGone, UidTaken
@@ -31,6 +34,7 @@ from app.core.events import (
 )
 from app.core.keys import Keys
 from app.core.records import InstanceStatus
+from app.core.redis_client import connect
 from app.core.scripts import Held, Started
 from app.core.store import Store
 
@@ -55,14 +59,68 @@ class Pinned:
         return datetime.fromtimestamp(self.at, UTC)
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+@pytest.fixture(params=["fakeredis", "redis", "redis, 3 shards", "cluster, 6 shards"])
 def any_store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    prefix = request.getfixturevalue("settings").key_prefix
     if request.param == "fakeredis":
         store = Store(fakeredis.FakeRedis(decode_responses=True), Keys("t"))
-    else:
+    elif request.param == "redis":
         store = request.getfixturevalue("store")
+    elif request.param == "redis, 3 shards":
+        store = Store(request.getfixturevalue("redis"), Keys(prefix, shards=3))
+        one_slot_per_script(store)
+    else:
+        cluster = connect(request.getfixturevalue("cluster_url"))
+        store = Store(cluster, Keys(prefix, shards=6))
+        request.addfinalizer(lambda: drop(cluster, prefix))
     store.clock = Pinned()
     yield store
+
+
+def drop(client: Any, prefix: str) -> None:
+    for key in list(client.scan_iter(f"{{{prefix}*", count=1000)):
+        client.delete(key)
+    client.close()
+
+
+def one_slot_per_script(store: Store) -> None:
+    """Make every Lua script call of ``store`` fail unless all its keys share one hash
+    slot, as Redis Cluster requires."""
+
+    def checked(script: Any) -> Any:
+        def call(keys: Any = (), args: Any = (), client: Any = None) -> Any:
+            slots = {key_slot(key.encode()) for key in keys}
+            assert len(slots) <= 1, f"keys of one script call span {len(slots)} slots: {keys}"
+            return script(keys=keys, args=args, client=client)
+
+        return call
+
+    scripts = store.scripts._scripts
+    for name in scripts:
+        scripts[name] = checked(scripts[name])
+
+
+def executions(store: Store) -> dict[str, str]:
+    """The executions counter, summed over the shards."""
+    counts: Counter[str] = Counter()
+    for shard in store.keys.all_shards():
+        counts.update(
+            {
+                k: int(v)
+                for k, v in store.redis.hgetall(store.keys.metrics_executions(shard)).items()
+            }
+        )
+    return {k: str(v) for k, v in counts.items()}
+
+
+def uids_left(store: Store, project_id: str) -> list[str]:
+    """The send_message uids the project still remembers, in every shard."""
+    keys = store.keys
+    return sorted(
+        uid
+        for shard in keys.all_shards()
+        for uid in store.redis.zrange(keys.message_uids(project_id, shard), 0, -1)
+    )
 
 
 def at(store: Store, seconds: float) -> None:
@@ -111,12 +169,14 @@ def started(store: Store, iid: str, when: float, lease: float = 300) -> tuple[St
 def test_an_occurrence_is_claimed_once(any_store: Store) -> None:
     event_id = add(any_store, "every 1 mins")
     at(any_store, T0 + 30)
-    now_ms, [event] = any_store.due_events(10)
+    shard = any_store.keys.shard_of(event_id)
+    now_ms, [event] = any_store.due_events(shard, 10)
     assert now_ms == (T0 + 30) * 1000  # the pinned clock reached the script
-    claim = plan_claim(event, T0 + 30)
+    new_id = partial(any_store.keys.new_id, shard)
+    claim = plan_claim(event, T0 + 30, new_id)
 
-    first = any_store.claim([claim])
-    second = any_store.claim([plan_claim(event, T0 + 30)])
+    first = any_store.claim(shard, [claim])
+    second = any_store.claim(shard, [plan_claim(event, T0 + 30, new_id)])
 
     assert first == [(claim.send[0], "queued")]  # type: ignore[index]
     assert second == []
@@ -135,7 +195,7 @@ def test_dispatch_moves_the_schedule_and_publishes(any_store: Store) -> None:
     assert recorder.published == [instance.id]
     assert instance.status == InstanceStatus.QUEUED
     assert any_store.event_by_id("p1", event_id).scheduled_at == T0 + 90  # type: ignore[union-attr]
-    assert any_store.waiting(any_store.keys.pending) == []  # published: nothing pending
+    assert any_store.waiting("pending") == []  # published: nothing pending
 
 
 def test_a_long_outage_records_missed_runs_and_sends_only_the_latest(any_store: Store) -> None:
@@ -255,7 +315,7 @@ def test_a_stale_attempt_can_write_nothing(any_store: Store) -> None:
     assert any_store.finish(instance, "2", InstanceStatus.SUCCEEDED)
     event = any_store.event_by_id("p1", event_id)
     assert event is not None and event.run_count == 1
-    counts = any_store.redis.hgetall(any_store.keys.metrics_executions)
+    counts = executions(any_store)
     assert counts.get("succeeded") == "1" and "failed" not in counts
 
 
@@ -290,7 +350,7 @@ def test_an_execution_taken_over_too_often_ends_failed(any_store: Store) -> None
     record = any_store.instance(iid)
     assert record is not None
     assert (record.status, record.error) == ("failed", "worker lost 4 times")
-    assert not any_store.redis.zscore(any_store.keys.running, iid)
+    assert iid not in dict(any_store.waiting("running"))
     assert not any_store.redis.zcard(any_store.keys.event_inflight(event_id))
 
 
@@ -324,7 +384,7 @@ def test_deleting_cancels_queued_executions_and_leaves_nothing_live(any_store: S
     assert any_store.instance(iid).status == "cancelled"  # type: ignore[union-attr]
     assert started(any_store, iid, T0 + 31)[0] == "cancelled"
     at(any_store, T0 + 10_000)
-    assert any_store.due_events(10)[1] == []
+    assert any_store.due_events(any_store.keys.shard_of(event_id), 10)[1] == []
     keys = any_store.keys
     assert not any_store.redis.exists(keys.event(event_id), keys.event_metadata(event_id))
     # Its executions stay readable until the retention, then go too.
@@ -350,7 +410,7 @@ def test_pausing_stops_an_execution_being_sent(any_store: Store) -> None:
     assert instance is not None and instance.status == "running"
     # The lease is renewed all the same: the worker ends the execution itself, after the
     # copy it is finishing, and nobody takes it over meanwhile.
-    assert any_store.waiting(any_store.keys.running) == [(iid, (T0 + 500) * 1000)]
+    assert any_store.waiting("running") == [(iid, (T0 + 500) * 1000)]
 
 
 def test_pausing_and_resuming_a_completed_event_changes_nothing(any_store: Store) -> None:
@@ -421,8 +481,13 @@ def test_an_edit_racing_a_delete_never_brings_the_event_back(any_store: Store) -
 
     keys = any_store.keys
     assert not any_store.redis.exists(keys.event(event_id), keys.event_metadata(event_id))
-    assert any_store.redis.zscore(keys.due, event_id) is None
-    assert any_store.redis.hget(keys.uids("p1"), "u-every 1 mins") is None
+    assert any_store.redis.zscore(keys.due(keys.shard_of(event_id)), event_id) is None
+    assert (
+        any_store.redis.hget(
+            keys.uids("p1", keys.uid_shard("p1", "u-every 1 mins")), "u-every 1 mins"
+        )
+        is None
+    )
 
 
 def test_an_update_keeps_the_status_beat_wrote_meanwhile(any_store: Store) -> None:
@@ -471,7 +536,7 @@ def test_a_failed_publish_leaves_nothing_and_frees_the_uid(any_store: Store) -> 
         send_message(any_store, Recorder(fail=True), "p1", ARGS["arguments"], "m-1")  # type: ignore[arg-type]
 
     assert any_store.list_instances(event_id, 0, 10) == ([], 0)
-    assert any_store.waiting(any_store.keys.pending) == []
+    assert any_store.waiting("pending") == []
     recorder = Recorder()
     trigger(any_store, recorder, event)  # type: ignore[arg-type]  # no phantom: not 409
     send_message(any_store, recorder, "p1", ARGS["arguments"], "m-1")  # type: ignore[arg-type]
@@ -493,7 +558,7 @@ def test_a_queued_record_whose_publish_never_came_is_published_after_a_grace(
 
     with pytest.raises(KeyboardInterrupt):
         trigger(any_store, Dies(), event)  # type: ignore[arg-type]
-    [(iid, _)] = any_store.waiting(any_store.keys.pending)
+    [(iid, _)] = any_store.waiting("pending")
 
     recorder = Recorder()
     at(any_store, T0 + 10)
@@ -501,7 +566,7 @@ def test_a_queued_record_whose_publish_never_came_is_published_after_a_grace(
     at(any_store, T0 + 31)
     assert release_waiting(any_store, recorder, unconfirmed=30) == 1  # type: ignore[arg-type]
     assert recorder.published == [iid]
-    assert any_store.waiting(any_store.keys.pending) == []
+    assert any_store.waiting("pending") == []
     assert started(any_store, iid, T0 + 32)[0] == "start"
 
 
@@ -533,8 +598,8 @@ def test_republishing_a_lost_lease_never_unwatches_a_new_holder(any_store: Store
     at(any_store, T0 + 40)
     assert release_waiting(any_store, StartsAtOnce(), unconfirmed=30) == 1  # type: ignore[arg-type]
 
-    assert any_store.waiting(any_store.keys.running) == [(iid, (T0 + 45) * 1000)]
-    assert any_store.waiting(any_store.keys.pending) == []
+    assert any_store.waiting("running") == [(iid, (T0 + 45) * 1000)]
+    assert any_store.waiting("pending") == []
 
 
 def test_message_uids_expire_with_the_retention(any_store: Store) -> None:
@@ -546,7 +611,7 @@ def test_message_uids_expire_with_the_retention(any_store: Store) -> None:
     at(any_store, T0 + any_store.retention + 1)
     send_message(any_store, recorder, "p1", ARGS["arguments"], "m-2")  # type: ignore[arg-type]
 
-    assert any_store.redis.zrange(any_store.keys.message_uids("p1"), 0, -1) == ["m-2"]
+    assert uids_left(any_store, "p1") == ["m-2"]
 
 
 def test_api_keys(any_store: Store) -> None:
@@ -570,13 +635,13 @@ def test_a_copy_that_stands_down_keeps_the_record_watched(any_store: Store) -> N
     [iid] = recorder.published
     started(any_store, iid, T0 + 31, lease=5)  # lease until T0 + 36
     # Beat sweeps the lease away from {p}:running to publish a copy...
-    any_store.redis.zrem(any_store.keys.running, iid)
+    any_store.redis.zrem(any_store.keys.running(any_store.keys.shard_of(iid)), iid)
 
     # ...and the copy, arriving within the lease, stands down.
     assert started(any_store, iid, T0 + 36, lease=5)[0] == "running"
 
     # The record is watched again, so a worker that dies now is still noticed.
-    assert any_store.waiting(any_store.keys.running) == [(iid, (T0 + 36) * 1000)]
+    assert any_store.waiting("running") == [(iid, (T0 + 36) * 1000)]
 
 
 def test_dispatch_counts_what_it_wrote_and_how_late(any_store: Store) -> None:
@@ -585,7 +650,7 @@ def test_dispatch_counts_what_it_wrote_and_how_late(any_store: Store) -> None:
 
     dispatch(any_store, recorder, T0 + 30 + 180)
 
-    counts = any_store.redis.hgetall(any_store.keys.metrics_executions)
+    counts = executions(any_store)
     lateness = any_store.redis.hgetall(any_store.keys.metrics_lateness)
     assert (counts["queued"], counts["missed"]) == ("1", "3")
     assert lateness["count"] == "1"  # one occurrence published, one lateness observed
@@ -609,7 +674,7 @@ def test_an_unpinned_store_decides_by_the_servers_clock(store: Store) -> None:
     assert store.clock is None
     server = float(".".join(map(str, store.redis.time())))
     assert abs(store.now().timestamp() - server) < 5
-    now_ms, _ = store.due_events(1)
+    now_ms, _ = store.due_events(0, 1)
     assert abs(now_ms / 1000 - server) < 5
 
 
@@ -631,3 +696,97 @@ def test_a_start_reads_what_the_send_needs_in_the_same_call(any_store: Store) ->
     message = send_message(any_store, recorder, "p1", ARGS["arguments"], "m1")  # type: ignore[arg-type]
     plain, _ = any_store.start(message.id, lease=300, retries=5)
     assert (plain.status, plain.event_retries, plain.event_metadata) == ("start", None, None)
+
+
+# -- batch creates across shards (Redis Cluster: staged, then committed) ----------------
+
+
+@pytest.fixture(params=["redis, 3 shards, staged", "cluster, 6 shards"])
+def staged_store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    prefix = request.getfixturevalue("settings").key_prefix
+    if request.param.startswith("redis"):
+        store = Store(request.getfixturevalue("redis"), Keys(prefix, shards=3), stage_batches=True)
+        one_slot_per_script(store)
+    else:
+        cluster = connect(request.getfixturevalue("cluster_url"))
+        store = Store(cluster, Keys(prefix, shards=6))
+        request.addfinalizer(lambda: drop(cluster, prefix))
+    assert store.stage_batches
+    store.clock = Pinned()
+    yield store
+
+
+def batch(n: int, prefix: str = "b") -> list[EventSpec]:
+    return [EventSpec(schedule="every 1 mins", metadata=ARGS, uid=f"{prefix}{i}") for i in range(n)]
+
+
+def visible(store: Store) -> list[str]:
+    events, total = store.list_events("p1", 0, 100)
+    assert total == len(events)
+    return sorted(e.uid for e in events)
+
+
+def test_a_batch_across_shards_is_created_whole(staged_store: Store) -> None:
+    created = create_events(staged_store, "p1", batch(12), Defaults()).events
+    keys = staged_store.keys
+    assert len({keys.shard_of(e.id) for e in created}) > 1  # it did span shards
+    assert visible(staged_store) == sorted(f"b{i}" for i in range(12))
+    assert [e.uid for e in staged_store.list_events("p1", 0, 100)[0]] == [
+        f"b{i}" for i in range(12)
+    ]  # in creation order
+    assert staged_store.next_due_at() == T0 + 30
+    assert not staged_store.redis.zcard(keys.batches)
+
+
+def test_a_batch_with_one_taken_uid_leaves_nothing_behind(staged_store: Store) -> None:
+    create_events(staged_store, "p1", batch(1, "taken"), Defaults())
+    specs = batch(11) + batch(1, "taken")
+    with pytest.raises(UidTaken):
+        create_events(staged_store, "p1", specs, Defaults())
+    assert visible(staged_store) == ["taken0"]
+    assert not staged_store.redis.zcard(staged_store.keys.batches)
+    # Every uid of the refused batch is free again.
+    assert len(create_events(staged_store, "p1", batch(11), Defaults()).events) == 11
+
+
+def test_a_batch_whose_creator_died_while_staging_is_undone_by_the_sweep(
+    staged_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def dies(*_: object) -> bool:
+        raise ConnectionError("the creator died")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(staged_store, "_advance", dies)
+        with pytest.raises(ConnectionError):
+            create_events(staged_store, "p1", batch(12), Defaults())
+    assert visible(staged_store) == []  # staged events are not there for anyone
+    assert staged_store.next_due_at() is None
+    assert staged_store.sweep_batches() == 0  # within its grace: the creator may be slow
+    at(staged_store, T0 + 31)
+
+    assert staged_store.sweep_batches() == 1
+
+    assert visible(staged_store) == []
+    assert not staged_store.redis.zcard(staged_store.keys.batches)
+    assert len(create_events(staged_store, "p1", batch(12), Defaults()).events) == 12
+
+
+def test_a_batch_whose_creator_died_after_committing_is_finished_by_the_sweep(
+    staged_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def dies(*_: object) -> None:
+        raise ConnectionError("the creator died")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(staged_store, "_settle", dies)
+        with pytest.raises(ConnectionError):
+            create_events(staged_store, "p1", batch(12), Defaults())
+    assert visible(staged_store) == []
+    at(staged_store, T0 + 31)
+
+    recorder = Recorder()
+    release_waiting(staged_store, recorder, unconfirmed=30)  # beat's sweep  # type: ignore[arg-type]
+
+    assert visible(staged_store) == sorted(f"b{i}" for i in range(12))
+    assert staged_store.next_due_at() == T0 + 30
+    assert dispatch(staged_store, recorder, T0 + 31) == 12  # and beat claims them
