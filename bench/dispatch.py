@@ -56,6 +56,7 @@ from app.core.publisher import SEND_MESSAGE_TASK  # noqa: E402
 from app.core.redis_client import connect  # noqa: E402
 from app.core.store import Store  # noqa: E402
 from app.embedded_redis import EmbeddedRedis  # noqa: E402
+from tests.cluster import LocalCluster  # noqa: E402
 
 SENDBEAT_PREFIX = "sbbench"
 SENDBEAT_QUEUE = "sbbench"
@@ -127,7 +128,7 @@ def goals(n: int) -> dict[str, int]:
 # -- processes and the server ------------------------------------------------------------
 
 
-def used_memory(client: Redis) -> int:
+def used_memory(client: Any) -> int:
     return int(client.info("memory")["used_memory"])
 
 
@@ -136,6 +137,8 @@ def beat_env(redis_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SENDBEAT_", "MAIL_"))}
     env.pop("BROKER_URL", None)
     env.update(REDIS_URL=redis_url, MAIL_URL="console://", PYTHONUNBUFFERED="1", **extra)
+    # One task message per occurrence, as redbeat sends: LLEN then counts occurrences.
+    env["SENDBEAT_TASK_BATCH"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(BENCH), env.get("PYTHONPATH", "")])
     return env
 
@@ -233,25 +236,31 @@ def sample_queue(
 
 
 def measure(
-    client: Redis,
+    client: Any,
     queue: str,
     result: Result,
     beat: subprocess.Popen[bytes],
     due_at: float,
     timeout: float,
     py_spy: str | None = None,
+    *,
+    queue_client: Any = None,
 ) -> Result:
+    """``client``: the store's server(s), measured; ``queue_client``: the broker's (the
+    same server unless given)."""
     sleep_until(due_at - (1.5 if py_spy else 0.2))
     spy = start_py_spy(beat.pid, py_spy) if py_spy else None
     sleep_until(due_at - 0.2)
-    server_pid = int(client.info("server")["process_id"])
+    pids = client.info("server")["process_id"]
+    server_pids = pids if isinstance(pids, list) else [int(pids)]
     client.config_resetstat()
-    cpu_before, server_before = cpu_seconds(beat.pid), cpu_seconds(server_pid)
+    cpu_before = beat_cpu(beat)
+    server_before = sum(map(cpu_seconds, server_pids))
     try:
-        sample_queue(client, queue, result, beat, due_at, timeout)
+        sample_queue(queue_client or client, queue, result, beat, due_at, timeout)
         if beat.poll() is None:
-            result.cpu = cpu_seconds(beat.pid) - cpu_before
-        result.server_cpu = cpu_seconds(server_pid) - server_before
+            result.cpu = beat_cpu(beat) - cpu_before
+        result.server_cpu = sum(map(cpu_seconds, server_pids)) - server_before
         result.commands = top_commands(client)
     finally:
         if spy is not None:
@@ -259,7 +268,7 @@ def measure(
     return result
 
 
-def top_commands(client: Redis, count: int = 4) -> list[tuple[str, int, float]]:
+def top_commands(client: Any, count: int = 4) -> list[tuple[str, int, float]]:
     """(command, calls, seconds inside the server) since CONFIG RESETSTAT, busiest first."""
     stats = client.info("commandstats")
     rows = [
@@ -294,28 +303,118 @@ def create_sendbeat_events(store: Store, n: int) -> list[str]:
 def set_sendbeat_due(store: Store, ids: list[str], at: float) -> None:
     """Move every event's next run in the due index to ``at``."""
     pipe = store.redis.pipeline(transaction=False)
+    keys = store.keys
     for start in range(0, len(ids), CHUNK):
-        pipe.zadd(store.keys.due, dict.fromkeys(ids[start : start + CHUNK], at))
-    pipe.execute()
+        for event_id in ids[start : start + CHUNK]:
+            pipe.zadd(keys.due(keys.shard_of(event_id)), {event_id: at})
+        pipe.execute()
 
 
 def run_sendbeat(url: str, n: int, timeout: float, logs: Path, args: argparse.Namespace):
     redis = connect(url)
     store = Store(redis, Keys(SENDBEAT_PREFIX))
-    before = used_memory(redis)
+    return _run_sendbeat(store, redis, redis, n, timeout, logs, args, beat_env(url))
+
+
+def run_sendbeat_cluster(tmp: Path, n: int, timeout: float, logs: Path, args: argparse.Namespace):
+    """sendbeat on a local Redis Cluster of ``--cluster`` masters (tests/cluster.py), the
+    broker on a separate server, as a clustered store needs."""
+    cluster = LocalCluster(tmp / "cluster", masters=args.cluster).start()
+    broker = EmbeddedRedis(tmp / "broker", persistent=False).start()
+    store = Store(connect(cluster.url), Keys(SENDBEAT_PREFIX, shards=args.shards))
+    masters = [Redis(port=port, decode_responses=True) for port in cluster.ports]
+    env = beat_env(cluster.url, BROKER_URL=broker.url, SENDBEAT_STORE_SHARDS=str(args.shards))
+    try:
+        result = _run_sendbeat(
+            store, Servers(masters), connect(broker.url), n, timeout, logs, args, env
+        )
+        result.name = (
+            f"sendbeat, {args.cluster} master(s), {args.shards} shards, {args.beats} beat(s)"
+        )
+        return result
+    finally:
+        broker.stop()
+        cluster.stop()
+
+
+class Servers:
+    """The masters of a cluster, measured as one server: memory and CPU added up."""
+
+    def __init__(self, masters: list[Redis]) -> None:
+        self.masters = masters
+
+    def info(self, section: str) -> dict[str, Any]:
+        infos = [master.info(section) for master in self.masters]
+        if section == "memory":
+            return {"used_memory": sum(int(i["used_memory"]) for i in infos)}
+        if section == "server":
+            return {"process_id": [int(i["process_id"]) for i in infos]}
+        merged: dict[str, Any] = {}
+        for info in infos:  # commandstats
+            for name, stats in info.items():
+                into = merged.setdefault(name, {"calls": 0, "usec": 0})
+                into["calls"] += int(stats["calls"])
+                into["usec"] += int(stats["usec"])
+        return merged
+
+    def config_resetstat(self) -> None:
+        for master in self.masters:
+            master.config_resetstat()
+
+
+class BeatGroup:
+    """Several beats (``--beats``), waited on and measured as one: CPU added up, and
+    done as soon as one of them exits."""
+
+    def __init__(self, processes: list[subprocess.Popen[bytes]]) -> None:
+        self.processes = processes
+        self.pid = processes[0].pid  # the one py-spy samples
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        for process in self.processes:
+            if process.poll() is not None:
+                self.returncode = process.returncode
+                return self.returncode
+        return None
+
+
+def beat_cpu(beat: Any) -> float:
+    return sum(cpu_seconds(p.pid) for p in getattr(beat, "processes", [beat]))
+
+
+def _run_sendbeat(
+    store: Store,
+    servers: Any,
+    broker: Any,
+    n: int,
+    timeout: float,
+    logs: Path,
+    args: argparse.Namespace,
+    env: dict[str, str],
+):
+    redis = store.redis
+    before = used_memory(servers)
     ids = create_sendbeat_events(store, n)
     set_sendbeat_due(store, ids, time.time() + 86400)  # nothing due until the beat runs
-    result = Result("sendbeat", n, (used_memory(redis) - before) / n)
-    env = beat_env(url, SENDBEAT_KEY_PREFIX=SENDBEAT_PREFIX, SENDBEAT_QUEUE=SENDBEAT_QUEUE)
-    beat = None
+    result = Result("sendbeat", n, (used_memory(servers) - before) / n)
+    env = {**env, "SENDBEAT_KEY_PREFIX": SENDBEAT_PREFIX, "SENDBEAT_QUEUE": SENDBEAT_QUEUE}
+    beat: Any = None
     try:
-        beat = start_beat("workers.main", [], env, logs / "sendbeat.log", args.loglevel)
+        beat = BeatGroup([
+            start_beat("workers.main", [], env, logs / f"sendbeat-{i}.log", args.loglevel)
+            for i in range(args.beats)
+        ])  # fmt: skip
         wait_until(lambda: redis.exists(store.keys.beat_heartbeat), START_TIMEOUT, beat)
         due_at = due_instant()
         set_sendbeat_due(store, ids, due_at)
-        return measure(redis, SENDBEAT_QUEUE, result, beat, due_at, timeout, args.py_spy)
+        return measure(
+            servers, SENDBEAT_QUEUE, result, beat, due_at, timeout, args.py_spy,
+            queue_client=broker,
+        )  # fmt: skip
     finally:
-        stop(beat)
+        for process in [] if beat is None else beat.processes:
+            stop(process)
         redis.close()
 
 
@@ -435,6 +534,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loglevel", default="INFO", help="beat --loglevel (Procfile: INFO)")
     parser.add_argument("--py-spy", metavar="PATH", help="profile sendbeat's beat to PATH")
     parser.add_argument("--logs", type=Path, help="keep the beat logs in this directory")
+    parser.add_argument(
+        "--cluster", type=int, metavar="MASTERS",
+        help="sendbeat only, its store on a local Redis Cluster of this many masters",
+    )  # fmt: skip
+    parser.add_argument("--shards", type=int, default=12, help="SENDBEAT_STORE_SHARDS (cluster)")
+    parser.add_argument("--beats", type=int, default=1, help="sendbeat beats running at once")
     return parser.parse_args(argv)
 
 
@@ -446,6 +551,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sendbeat-bench-") as tmp:
         logs = args.logs or Path(tmp)
         logs.mkdir(parents=True, exist_ok=True)
+        if args.cluster:
+            print(f"sendbeat on a cluster: N={args.n:,} ...", file=sys.stderr, flush=True)
+            results.append(run_sendbeat_cluster(Path(tmp), args.n, args.timeout, logs, args))
+            names = []
         for name in names:  # a fresh server each, so memory figures start clean
             print(f"{name}: N={args.n:,} ...", file=sys.stderr, flush=True)
             server = EmbeddedRedis(Path(tmp) / f"redis-{name}", persistent=False).start()
