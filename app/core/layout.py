@@ -47,7 +47,8 @@ def read_layout(redis: Any, prefix: str) -> Layout:
     raw = redis.hgetall(Keys(prefix).layout)
     if raw:
         return Layout(raw.get("version", ""), int(raw.get("shards", 1)))
-    if redis.exists(*(f"{prefix}:{name}" for name in _LAYOUT_1_MARKS)):
+    # One key at a time: on a Cluster they would be in different slots.
+    if any(redis.exists(f"{prefix}:{name}") for name in _LAYOUT_1_MARKS):
         return Layout("1")
     return Layout("")
 
@@ -56,30 +57,30 @@ def check_layout(redis: Any, keys: Keys) -> None:
     """Make sure the store holds the layout ``keys`` are for — layout 2 with as many
     shards — writing it down when the store is new; LayoutError (saying what to run or
     set) when it holds another. RedisError when Redis does not answer."""
-    with redis.pipeline(transaction=True) as pipe:
-        while True:
+    while True:
+        layout = read_layout(redis, keys.prefix)
+        if layout.version == str(LAYOUT) and layout.shards == keys.shards:
+            return
+        if layout.version == str(LAYOUT):
+            raise LayoutError(
+                f"The store {keys.prefix!r} has {layout.shards} shard(s), fixed when it was "
+                f"created; set SENDBEAT_STORE_SHARDS={layout.shards} in every process."
+            )
+        if layout.version:
+            raise LayoutError(_refusal(keys.prefix, layout))
+        # A new store: the first process to get here writes its layout down.
+        with redis.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(keys.layout)
-                layout = read_layout(pipe, keys.prefix)
-                if layout.version == str(LAYOUT) and layout.shards == keys.shards:
-                    return
-                if layout.version == str(LAYOUT):
-                    raise LayoutError(
-                        f"The store {keys.prefix!r} has {layout.shards} shard(s), fixed when "
-                        f"it was created; set SENDBEAT_STORE_SHARDS={layout.shards} in every "
-                        "process."
-                    )
-                if layout.version:
-                    raise LayoutError(_refusal(keys.prefix, layout))
+                if pipe.exists(keys.layout):
+                    continue  # another process was first: read what it wrote
                 pipe.multi()
                 pipe.hset(keys.layout, mapping={"version": LAYOUT, "shards": keys.shards})
                 pipe.execute()
-                log.info(
-                    "new store %r: key layout %s, %s shard(s)", keys.prefix, LAYOUT, keys.shards
-                )
-                return
             except WatchError:
                 continue
+        log.info("new store %r: key layout %s, %s shard(s)", keys.prefix, LAYOUT, keys.shards)
+        return
 
 
 def refusal(redis: Any, keys: Keys, process: str) -> str | None:

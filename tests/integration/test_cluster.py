@@ -73,6 +73,9 @@ def test_the_system_on_a_cluster_sends_each_occurrence_once_through_a_killed_wor
     doomed = processes.worker("doomed", concurrency=4)
     processes.beat("beat-a")
     processes.beat("beat-b")
+    # The first process to start wrote the store's layout (a check that could not run
+    # on the cluster would have left it out).
+    assert store.redis.hgetall(keys.layout) == {"version": "2", "shards": str(SHARDS)}
     wait_until(lambda: len(smtp.messages) >= 20, timeout=30)
     processes.kill(doomed)
     processes.worker("rescuer", concurrency=4)
