@@ -4,7 +4,9 @@ Layout 2 (``LAYOUT``). Every key carries a Redis Cluster hash tag (the part in b
 so the keys a Lua script touches together share one hash slot, and the work is split
 into ``shards`` (fixed when the store is created, kept in ``{p}:layout``) that a
 Cluster spreads across its masters. ``{p}`` is the configured prefix
-(``SENDBEAT_KEY_PREFIX``, default ``sendbeat``) and ``{p:s}`` the tag of shard ``s``.
+(``SENDBEAT_KEY_PREFIX``, default ``sendbeat``) and ``{p:s}`` the tag of shard ``s``
+(``{p:s.n}`` where a suffix is needed to give each shard an equal part of the slot
+range: ``_shard_tags``).
 
 An event's keys and its execution records live in the event's shard, so claiming,
 starting and finishing an execution is one atomic step in one slot. Where a key holds
@@ -74,11 +76,32 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from functools import cache
+
+from redis.crc import key_slot
 
 from app.core.records import new_id
 
 LAYOUT = 2  # the key layout this code reads and writes
 MAX_SHARDS = 1024
+SLOTS = 16384  # Redis Cluster's hash slots
+
+
+@cache
+def _shard_tags(prefix: str, shards: int) -> tuple[str, ...]:
+    """The hash tag of each shard: ``prefix:s``, or ``prefix:s.n`` with the first ``n``
+    that puts shard ``s`` in the ``s``-th equal part of the slot range. A cluster whose
+    masters hold equal runs of slots (as ``redis-cli --cluster create`` makes them) then
+    holds equal numbers of shards, where plain names would fall unevenly."""
+    tags = []
+    for shard in range(shards):
+        low, high = shard * SLOTS // shards, (shard + 1) * SLOTS // shards
+        tag, n = f"{prefix}:{shard}", 0
+        while not low <= key_slot(tag.encode()) < high:
+            n += 1
+            tag = f"{prefix}:{shard}.{n}"
+        tags.append(tag)
+    return tuple(tags)
 
 
 @dataclass(frozen=True)
@@ -112,7 +135,7 @@ class Keys:
         return f"{{{self.prefix}}}:{rest}"
 
     def _shard(self, shard: int, rest: str) -> str:
-        return f"{{{self.prefix}:{shard}}}:{rest}"
+        return f"{{{_shard_tags(self.prefix, self.shards)[shard]}}}:{rest}"
 
     def _by_id(self, id_: str, rest: str) -> str:
         return self._shard(self.shard_of(id_), rest)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.crc import key_slot
 
 from app import create_app
 from app.core.dispatch import dispatch_due
@@ -189,3 +190,14 @@ def test_the_web_and_the_cli_refuse_a_layout_1_store(
     listed = flask(settings, "project", "list")
     assert listed.returncode != 0
     assert "flask --app app store migrate" in listed.stderr
+
+
+@pytest.mark.parametrize("shards", [1, 3, 12, 64])
+def test_shards_take_equal_parts_of_the_slot_range(shards: int) -> None:
+    """So that a cluster whose masters hold equal runs of slots holds equal numbers of
+    shards (plain tags fell 4/3/5 over three masters with 12 shards)."""
+    keys = Keys("sendbeat", shards)
+    slots = [key_slot(keys.due(shard).encode()) for shard in range(shards)]
+    assert [slot * shards // 16384 for slot in slots] == list(range(shards))
+    event = keys.new_id(shards - 1)
+    assert key_slot(keys.event(event).encode()) == slots[-1]
