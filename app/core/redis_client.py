@@ -40,25 +40,16 @@ class SentinelUrl:
     def parse(cls, url: str) -> SentinelUrl | None:
         """The URL's parts, None when it is not a Sentinel URL; ValueError saying what is
         wrong with a malformed one."""
-        if not url.startswith(f"{SENTINEL_SCHEME}://"):
+        parts = _hosts_url(url, SENTINEL_SCHEME, "Sentinel")
+        if parts is None:
             return None
-        rest = url[len(SENTINEL_SCHEME) + 3 :]
-        auth, _, rest = rest.rpartition("@")
-        hosts, _, path = rest.partition("/")
-        username, _, password = auth.partition(":") if auth else ("", "", "")
-        sentinels = tuple(_host_port(host) for host in hosts.split(","))
+        sentinels, path, username, password = parts
         service, _, db = path.partition("/")
         if not service:
             raise ValueError("name the monitored service: redis+sentinel://host:port/SERVICE")
         if db and not db.isdigit():
             raise ValueError(f"the database must be a number, not {db!r}")
-        return cls(
-            sentinels,
-            unquote(service),
-            int(db or 0),
-            unquote(username) or None,
-            unquote(password) if auth else None,
-        )
+        return cls(sentinels, unquote(service), int(db or 0), username, password)
 
     def master(self) -> Redis:
         """A client of the current master (found again on every new connection)."""
@@ -70,16 +61,10 @@ class SentinelUrl:
         )
         return sentinel.master_for(self.service, db=self.db, **CLIENT_OPTIONS)
 
-    def _userinfo(self) -> str:
-        """``user:password@`` for a URL, quoted; "" without a password."""
-        if self.password is None:
-            return ""
-        return f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
-
     def kombu(self) -> tuple[str, dict[str, Any]]:
         """The same master as kombu's Redis Sentinel transport names it: one
         ``sentinel://`` URL per Sentinel, the service in the transport options."""
-        auth = self._userinfo()
+        auth = _userinfo(self.username, self.password)
         url = ";".join(f"sentinel://{auth}{host}:{port}/{self.db}" for host, port in self.sentinels)
         options: dict[str, Any] = {"master_name": self.service}
         if self.password is not None:
@@ -90,9 +75,8 @@ class SentinelUrl:
         """The same master as the ``limits`` library (Flask-Limiter's storage) names it:
         its URL has no database part, which goes in the options."""
         hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
-        return f"{SENTINEL_SCHEME}://{self._userinfo()}{hosts}/{quote(self.service, safe='')}", {
-            "db": self.db
-        }
+        auth = _userinfo(self.username, self.password)
+        return f"{SENTINEL_SCHEME}://{auth}{hosts}/{quote(self.service, safe='')}", {"db": self.db}
 
 
 @dataclass(frozen=True)
@@ -109,16 +93,13 @@ class ClusterUrl:
     def parse(cls, url: str) -> ClusterUrl | None:
         """The URL's parts, None when it is not a Cluster URL; ValueError saying what is
         wrong with a malformed one."""
-        if not url.startswith(f"{CLUSTER_SCHEME}://"):
+        parts = _hosts_url(url, CLUSTER_SCHEME, "cluster node")
+        if parts is None:
             return None
-        rest = url[len(CLUSTER_SCHEME) + 3 :]
-        auth, _, rest = rest.rpartition("@")
-        hosts, _, path = rest.partition("/")
+        nodes, path, username, password = parts
         if path.strip("/0"):
             raise ValueError("a Redis Cluster has no databases: leave the /DB part out")
-        username, _, password = auth.partition(":") if auth else ("", "", "")
-        nodes = tuple(_host_port(host, "cluster node") for host in hosts.split(","))
-        return cls(nodes, unquote(username) or None, unquote(password) if auth else None)
+        return cls(nodes, username, password)
 
     def client(self) -> RedisCluster:
         return RedisCluster(
@@ -130,14 +111,33 @@ class ClusterUrl:
 
     def limits(self) -> tuple[str, dict[str, Any]]:
         """The same nodes as the ``limits`` library (Flask-Limiter's storage) names them."""
-        auth = ""
-        if self.password is not None:
-            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
         hosts = ",".join(f"{host}:{port}" for host, port in self.nodes)
-        return f"{CLUSTER_SCHEME}://{auth}{hosts}", {}
+        return f"{CLUSTER_SCHEME}://{_userinfo(self.username, self.password)}{hosts}", {}
 
 
-def _host_port(text: str, what: str = "Sentinel") -> tuple[str, int]:
+def _hosts_url(
+    url: str, scheme: str, what: str
+) -> tuple[tuple[tuple[str, int], ...], str, str | None, str | None] | None:
+    """``scheme://[[user]:password@]host:port[,host:port...][/path]`` as (the hosts, the
+    path, user, password), unquoted; None for another scheme, ValueError for a host that
+    is not host:port."""
+    if not url.startswith(f"{scheme}://"):
+        return None
+    auth, _, rest = url[len(scheme) + 3 :].rpartition("@")
+    hosts, _, path = rest.partition("/")
+    username, _, password = auth.partition(":") if auth else ("", "", "")
+    found = tuple(_host_port(host, what) for host in hosts.split(","))
+    return found, path, unquote(username) or None, unquote(password) if auth else None
+
+
+def _userinfo(username: str | None, password: str | None) -> str:
+    """``user:password@`` for a URL, quoted; "" without a password."""
+    if password is None:
+        return ""
+    return f"{quote(username or '', safe='')}:{quote(password, safe='')}@"
+
+
+def _host_port(text: str, what: str) -> tuple[str, int]:
     parts = urlsplit(f"//{text}")
     try:
         port = parts.port
