@@ -315,12 +315,29 @@ def measure(
         return list(sink.instances)
 
 
-def run_sendbeat(
-    args: argparse.Namespace, server: EmbeddedRedis, delay: float, logs: Path
-) -> Result:
+def start_sink(delay: float) -> tuple[CountingSink, Controller]:
+    """A counting SMTP server on a free port that answers each message after ``delay`` ms."""
     sink = CountingSink(delay=delay / 1000)
     smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
     smtp.start()
+    return sink, smtp
+
+
+def measure_recordless(
+    sink: CountingSink, result: Result, sender: subprocess.Popen[bytes], args: argparse.Namespace
+) -> Result:
+    """``measure`` for a sender that keeps no records (the anchor, the ceiling): each
+    message received counts as one execution that succeeded."""
+    measure(sink, result, sender, args)
+    result.statuses = {InstanceStatus.SUCCEEDED: result.received}
+    result.distinct = result.received
+    return result
+
+
+def run_sendbeat(
+    args: argparse.Namespace, server: EmbeddedRedis, delay: float, logs: Path
+) -> Result:
+    sink, smtp = start_sink(delay)
     redis = connect(server.url)
     worker = None
     prefix = f"{PREFIX}{int(delay)}"
@@ -355,9 +372,7 @@ def run_sendbeat(
 
 def run_anchor(args: argparse.Namespace, server: EmbeddedRedis, delay: float, logs: Path) -> Result:
     """The same N messages through bench/anchor_app.py's plain task, same worker flags."""
-    sink = CountingSink(delay=delay / 1000)
-    smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    sink, smtp = start_sink(delay)
     queue = f"anchor{int(delay)}"
     env = {**os.environ, "ANCHOR_BROKER": server.url, "ANCHOR_QUEUE": queue}
     env.update(ANCHOR_SMTP=f"127.0.0.1:{smtp.port}", PYTHONPATH=str(BENCH), PYTHONUNBUFFERED="1")
@@ -383,10 +398,7 @@ def run_anchor(args: argparse.Namespace, server: EmbeddedRedis, delay: float, lo
         flags = anchor_flags(args)
         log = logs / f"worker-anchor-{int(delay)}ms.log"
         worker = start_worker(env, flags, log, app="anchor_app")
-        measure(sink, result, worker, args)
-        result.statuses = {InstanceStatus.SUCCEEDED: result.received}  # it keeps no records
-        result.distinct = result.received
-        return result
+        return measure_recordless(sink, result, worker, args)
     finally:
         stop_worker(worker)
         smtp.stop()
@@ -395,9 +407,7 @@ def run_anchor(args: argparse.Namespace, server: EmbeddedRedis, delay: float, lo
 def run_ceiling(args: argparse.Namespace, delay: float, logs: Path) -> Result:
     """bench/smtp_blast.py against the same sink: one asyncio process with nothing but
     SMTP to do, as many sessions as sendbeat's worker has connections."""
-    sink = CountingSink(delay=delay / 1000)
-    smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    sink, smtp = start_sink(delay)
     blaster = None
     connections = args.concurrency or Settings().worker_concurrency
     command = [sys.executable, str(BENCH / "smtp_blast.py"), "--port", str(smtp.port),
@@ -408,10 +418,7 @@ def run_ceiling(args: argparse.Namespace, delay: float, logs: Path) -> Result:
             blaster = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        measure(sink, result, blaster, args)
-        result.statuses = {InstanceStatus.SUCCEEDED: result.received}  # it keeps no records
-        result.distinct = result.received
-        return result
+        return measure_recordless(sink, result, blaster, args)
     finally:
         stop_worker(blaster)
         smtp.stop()
