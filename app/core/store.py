@@ -429,11 +429,11 @@ class Store:
         """Queue the event's writes with its place in the due index; whether it is due
         at some time (a sleeping beat must look again: it may be before it would)."""
         self._put_event(pipe, event)
-        due = self.keys.due(self.keys.shard_of(event.id))
-        if event.scheduled_at is None or event.status != "activated":
+        due, at = self.keys.due(self.keys.shard_of(event.id)), _due_at(event)
+        if at is None:
             pipe.zrem(due, event.id)
             return False
-        pipe.zadd(due, {event.id: event.scheduled_at})
+        pipe.zadd(due, {event.id: at})
         return True
 
     def wake_beat(self) -> None:
