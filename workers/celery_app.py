@@ -12,6 +12,22 @@ from app.core.settings import Settings
 from workers import signals  # noqa: F401  (connects the receivers)
 
 
+def restore_options(visibility_timeout: int) -> dict[str, int]:
+    """kombu's hand-back of what a dead worker had reserved and not acknowledged, at the
+    pace of the visibility timeout. kombu looks for such messages every interval x
+    throttle seconds, 10 x 10 by default: a message could wait 100 s past its timeout.
+    Here every worker looks every fifth of the timeout (1 to 10 s; one small Redis read),
+    hands back up to 200 messages a time, under a lock that a worker killed while
+    holding it keeps for five looks at most (kombu's default: 300 s)."""
+    interval = max(1, min(10, visibility_timeout // 5))
+    return {
+        "unacked_restore_interval": interval,
+        "unacked_restore_throttle": 1,
+        "unacked_restore_limit": 200,
+        "unacked_mutex_expire": 5 * interval,
+    }
+
+
 def create_celery(settings: Settings) -> Celery:
     broker, transport_options = kombu_broker(settings.effective_broker_url)
     celery = Celery("sendbeat", broker=broker, set_as_current=True)
@@ -36,6 +52,7 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options={
             **transport_options,
             "visibility_timeout": settings.visibility_timeout,
+            **restore_options(settings.visibility_timeout),
         },
         beat_scheduler="workers.beat:SendbeatScheduler",
         beat_max_loop_interval=settings.beat_max_sleep,

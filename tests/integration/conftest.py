@@ -227,6 +227,7 @@ class Processes:
         concurrency: int = 2,
         prefix: list[str] | None = None,
         pool: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         # The pool by its setting: Celery's --pool flag cannot pick prefork over a
         # configured pool (docs/operations.md).
@@ -240,7 +241,7 @@ class Processes:
             f"{name}@%h",
             name=name,
             prefix=prefix,
-            env={"SENDBEAT_WORKER_POOL": pool} if pool else None,
+            env={**({"SENDBEAT_WORKER_POOL": pool} if pool else {}), **(env or {})},
         )
         self.wait_log(name, "ready.", process)
         return process

@@ -103,6 +103,38 @@ def test_a_killed_worker_loses_nothing_and_sends_nothing_twice(
     assert retried, "the kill interrupted no send: the test proved nothing"
 
 
+def test_what_a_killed_worker_reserved_and_never_started_comes_back_after_the_visibility_timeout(
+    web: Web, processes: Processes, smtp: SmtpSink, store: Store
+) -> None:
+    """A worker with one sender thread takes a task message of 16 executions and starts
+    two; it dies. The two come back when their lease runs out, the other 14 with their
+    message when the visibility timeout does, both 5 s here: kombu's own pace (it looks
+    for such messages every 100 s) would leave the 14 waiting for over a minute."""
+    processes.settings = processes.settings.with_(send_lease=5, visibility_timeout=5)
+    events = [create(web, f"batched-{n}", "every 60 mins")["id"] for n in range(16)]
+    smtp.delay = 60.0  # the doomed worker's sends hang until it dies
+    doomed = processes.worker("doomed", concurrency=1, env={"SENDBEAT_WORKER_CONCURRENCY": "1"})
+    now = int(store.redis.time()[0])
+    for event_id in events:  # due now instead of within the hour: one claim, one message
+        store.redis.zadd(store.keys.due(store.keys.shard_of(event_id)), {event_id: now})
+    processes.beat()
+    assert wait_until(lambda: len(store.waiting("running")) == 2, timeout=30), processes.log_text()
+    kill_at = time.time()
+    processes.kill(doomed)
+    smtp.delay = 0.0
+    processes.worker("rescuer", concurrency=4)
+
+    def all_sent() -> bool:
+        return len(smtp.messages) >= 16
+
+    assert wait_until(all_sent, timeout=30), (len(smtp.messages), processes.log_text())
+    took = time.time() - kill_at
+    time.sleep(2)  # a second copy would arrive after the last one
+    executions = [i for n in range(16) for i in web.instances(f"batched-{n}")]
+    assert sorted(emails_per_instance(smtp).items()) == sorted((i["uid"], 1) for i in executions)
+    assert {i["status"] for i in executions} == {"succeeded"}, took
+
+
 def test_beat_down_past_the_window_records_missed_runs_and_sends_one_late(
     web: Web, processes: Processes, smtp: SmtpSink, store: Store
 ) -> None:

@@ -67,6 +67,21 @@ def test_the_worker_pool_and_its_concurrency_reach_celery() -> None:
     assert (chosen.worker_pool, chosen.worker_concurrency) == ("prefork", 4)
 
 
+def test_workers_hand_back_a_dead_workers_messages_at_the_visibility_timeouts_pace() -> None:
+    from workers.celery_app import create_celery
+
+    def options(timeout: str) -> dict[str, int]:
+        env = {"SENDBEAT_VISIBILITY_TIMEOUT": timeout}
+        return dict(create_celery(Settings.from_env(env)).conf.broker_transport_options)
+
+    # kombu's defaults would look every 10 s x 10 and keep a dead worker's lock 300 s.
+    assert options("900") == {"visibility_timeout": 900, "unacked_restore_interval": 10,
+                              "unacked_restore_throttle": 1, "unacked_restore_limit": 200,
+                              "unacked_mutex_expire": 50}  # fmt: skip
+    assert options("5")["unacked_restore_interval"] == 1
+    assert options("5")["unacked_mutex_expire"] == 5
+
+
 def test_message_limits_come_from_their_variables() -> None:
     defaults = Settings.from_env({})
     assert defaults.message_limits == MessageLimits()
