@@ -41,7 +41,14 @@ from app.core.errors import (
     UidTaken,
     ValidationError,
 )
-from app.core.events import create_events, delete_event, message_uid_taken, uid_taken, update_event
+from app.core.events import (
+    bulk_action,
+    create_events,
+    delete_event,
+    message_uid_taken,
+    uid_taken,
+    update_event,
+)
 from app.core.events import send_message as queue_message
 from app.core.settings import Settings
 
@@ -321,17 +328,41 @@ def delete_scheduled_event(data: dict[str, Any], project_id: str) -> Response:
     "list_scheduled_events",
     summary="List the project's scheduled events",
     description="A page of the project's events, oldest first, optionally only those with "
-    "one `status`.",
+    "one `status` and those carrying every pair of `labels`.",
     body=s.ListBody,
     reply=s.EventListReply,
 )
 def list_scheduled_events(data: dict[str, Any], project_id: str) -> Response:
     page, per_page = data["page"], data["per_page"]
     events, total = services().store.list_events(
-        project_id, (page - 1) * per_page, per_page, data["status"]
+        project_id, (page - 1) * per_page, per_page, data["status"], data["labels"]
     )
     records = [e.record() for e in events]
     return ok(
         data["uid"],
         {"scheduled_events": records, "page": page, "per_page": per_page, "total": total},
     )
+
+
+@method(
+    "bulk_update_scheduled_events",
+    summary="Pause, resume, trigger or delete every event with some labels",
+    description="Does `action` to every event of the project carrying every pair of "
+    "`labels`, each as its own call would (atomic per event), and answers one result per "
+    "event, oldest first: its `status` after the action (`deleted`; `queued` and the new "
+    "`execution` for a trigger), or the `error` it met (a trigger of an event whose "
+    "previous run is in progress, with overlap `skip`). No match answers an empty list; "
+    "more matches than `SENDBEAT_BATCH_LIMIT` answer 400 and change nothing.",
+    body=s.BulkBody,
+    reply=s.BulkReply,
+    errors={
+        "field": example(
+            ValidationError("labels: Give at least one label pair (every pair must match).")
+        )
+    },
+)
+def bulk_update_scheduled_events(data: dict[str, Any], project_id: str) -> Response:
+    svc = services()
+    results = bulk_action(svc.store, svc.publisher, project_id, data["labels"], data["action"],
+                          limit=svc.settings.batch_limit)  # fmt: skip
+    return ok(None, {"results": results})

@@ -13,15 +13,18 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from marshmallow import Schema
+from marshmallow import Schema, fields
 from marshmallow import ValidationError as SchemaError
 
 from app.api import schemas as s
 from app.api.common import (
+    NOT_AN_OBJECT,
+    InvalidJson,
     InvalidMethod,
     authenticate,
     common_errors,
     flatten_errors,
+    json_body,
     services,
 )
 from app.api.declare import Dialect, Endpoint, Example, declare, example
@@ -33,7 +36,14 @@ from app.core.errors import (
     Unauthorized,
     ValidationError,
 )
-from app.core.events import delete_event, in_progress, set_paused, trigger
+from app.core.events import (
+    BULK_ACTIONS,
+    bulk_action,
+    delete_event,
+    in_progress,
+    set_paused,
+    trigger,
+)
 from app.core.message import recipients_of
 from app.core.records import Event
 from app.core.settings import Settings
@@ -112,6 +122,10 @@ _PAGED = {
     ),
     "bad_cursor": example(ValidationError(INVALID_CURSOR)),
 }
+_BODY = {
+    "invalid_json": example(InvalidJson()),
+    "not_an_object": example(ValidationError(NOT_AN_OBJECT)),
+}
 
 
 def route(
@@ -123,11 +137,13 @@ def route(
     description: str,
     reply: type[Schema],
     query: type[Schema] | None = None,
+    body: type[Schema] | None = None,
     errors: Mapping[str, Example] | None = None,
 ) -> Callable[[View], View]:
     """Declare an operation and serve it on both base paths. Its view is called with the
-    caller's project id, the path's ``schedule_id`` and, with ``query``, the loaded query;
-    another method on a known path answers 400 "Invalid method" (as the seed does)."""
+    caller's project id, the path's ``schedule_id`` and, with ``query`` or ``body``, the
+    loaded query or JSON body; another method on a known path answers 400 "Invalid
+    method" (as the seed does)."""
     by_id = "{scheduleId}" in path
     endpoint = declare(
         Endpoint(
@@ -139,8 +155,14 @@ def route(
             description=description + "\n\n" + DIALECT.alias_note,
             reply=reply,
             query=query,
+            body=body,
             parameters=(SCHEDULE_ID,) if by_id else (),
-            errors={**(_FOUND if by_id else {}), **(_PAGED if query else {}), **(errors or {})},
+            errors={
+                **(_FOUND if by_id else {}),
+                **(_PAGED if query else {}),
+                **(_BODY if body else {}),
+                **(errors or {}),
+            },
         )
     )
     rule = path.replace("{scheduleId}", "<schedule_id>")
@@ -150,6 +172,8 @@ def route(
             project_id = authenticate()
             if endpoint.query is not None:
                 kwargs["query"] = load_query(endpoint.query)
+            if body is not None:
+                kwargs["body"] = load_body(body)
             return view(project_id, **kwargs)
 
         for index, base in enumerate(BASES):
@@ -167,8 +191,26 @@ def route(
 
 
 def load_query(schema: type[Schema]) -> dict[str, Any]:
+    """The query string loaded by ``schema``; a list field takes every repeat of its name."""
+    lists = {name for name, f in schema._declared_fields.items() if isinstance(f, fields.List)}
+    args = {name: request.args.getlist(name) if name in lists else request.args[name]
+            for name in request.args}  # fmt: skip
+    return _load(schema, args)
+
+
+def load_body(schema: type[Schema]) -> dict[str, Any]:
+    """The JSON body loaded by ``schema`` (none reads as ``{}``)."""
+    data = json_body()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValidationError(NOT_AN_OBJECT)
+    return _load(schema, data)
+
+
+def _load(schema: type[Schema], data: dict[str, Any]) -> dict[str, Any]:
     try:
-        return schema().load(request.args.to_dict())
+        return schema().load(data)
     except SchemaError as exc:
         name, messages = next(iter(exc.messages.items()))  # type: ignore[union-attr]
         raise ValidationError(f"Bad Request: {name}: {flatten_errors(messages)[0]}") from None
@@ -193,13 +235,15 @@ def render_error(exc: SendbeatError) -> Response:
     "get",
     "listSchedules",
     summary="List the project's schedules",
-    description="A page of the project's events, oldest first.",
+    description="A page of the project's events, oldest first; with `label=name:value` "
+    "(repeatable) only those carrying every such pair.",
     reply=s.SchedulesPage,
-    query=s.SchedulePage,
+    query=s.ScheduleListQuery,
 )
 def list_schedules(project_id: str, query: dict[str, Any]) -> Response:
     offset, size = page_request(query)
-    events, total = services().store.list_events(project_id, offset, size)
+    labels = dict(pair.partition(":")[::2] for pair in query["label"])
+    events, total = services().store.list_events(project_id, offset, size, labels=labels)
     return page([e.record() for e in events], offset, size, total)
 
 
@@ -307,6 +351,40 @@ def schedule_executions(project_id: str, schedule_id: str, query: dict[str, Any]
     offset, size = page_request(query)
     instances, total = services().store.list_instances(event.id, offset, size)
     return page([i.record() for i in instances], offset, size, total)
+
+
+def _bulk(action: str) -> None:
+    @route(
+        f"/bulk/{action}",
+        "post",
+        f"bulk{action.title()}Schedules",
+        summary=f"{action.title()} every schedule with some labels",
+        description=f"Does what `/{{scheduleId}}/{action}` does to every event of the project "
+        "carrying every pair of `labels`, each atomically on its own, and answers one result "
+        "per event, oldest first: its `status` after the action (`deleted`; `queued` and the "
+        "new `execution` for a trigger) or the `error` it met. More matches than "
+        "`SENDBEAT_BATCH_LIMIT` answer 400 and change nothing.",
+        reply=s.BulkResults,
+        body=s.BulkSelector,
+    )
+    def bulk(project_id: str, body: dict[str, Any]) -> Response:
+        svc = services()
+        results = bulk_action(svc.store, svc.publisher, project_id, body["labels"], action,
+                              limit=svc.settings.batch_limit)  # fmt: skip
+        return jsonify({"results": results})
+
+
+def _invalid_method(**_: Any) -> Response:
+    raise InvalidMethod("Invalid method")
+
+
+for _action in BULK_ACTIONS:
+    _bulk(_action)
+    # Other methods on /bulk/pause and /bulk/resume would reach /{scheduleId}/pause and
+    # /{scheduleId}/resume ("bulk" is no uuid): they answer as any known path does.
+    for _index, _base in enumerate(BASES):
+        bp.add_url_rule(f"{_base}/bulk/{_action}", f"invalid-method-bulk-{_action}-{_index}",
+                        _invalid_method, methods=["GET", "PUT", "PATCH", "DELETE"])  # fmt: skip
 
 
 def success() -> Response:

@@ -3,11 +3,12 @@ that only document what the API answers (``app.api.openapi`` turns both into Ope
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, fields, post_load, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
-from app.core.events import EventChanges, EventSpec
+from app.core.events import BULK_ACTIONS, EventChanges, EventSpec
 from app.core.records import InstanceStatus
 
 # Bounds of the request fields (docs/api.md lists them). Pages stop where an offset still
@@ -54,6 +55,46 @@ UID = [
 ]
 
 
+# Labels: a small map of strings on each event, for selecting events (lists, bulk
+# actions). A name cannot hold ':', which separates it from the value in ``?label=``.
+MAX_LABELS = 16
+MAX_LABEL_VALUE = 255
+LABEL_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_labels(labels: dict[str, str]) -> None:
+    if len(labels) > MAX_LABELS:
+        raise ValidationError(f"At most {MAX_LABELS} labels; got {len(labels)}.")
+    for name, value in labels.items():
+        if not LABEL_NAME.fullmatch(name):
+            raise ValidationError(
+                f"Label name {name[:70]!r}: 1 to 63 letters, digits, '-', '_', '.' or '/', "
+                "starting and ending with a letter or digit."
+            )
+        if len(value) > MAX_LABEL_VALUE or CONTROL.search(value):
+            raise ValidationError(
+                f"Label {name!r}: a value is at most {MAX_LABEL_VALUE} characters, "
+                "without control characters."
+            )
+
+
+def labels_field(description: str, **kwargs: Any) -> fields.Dict:
+    return fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        validate=kwargs.pop("validate", check_labels),
+        metadata={"description": description, "example": {"team": "billing"}},
+        **kwargs,
+    )
+
+
+def check_selector(labels: dict[str, str]) -> None:
+    if not labels:
+        raise ValidationError("Give at least one label pair (every pair must match).")
+    check_labels(labels)
+
+
 class EventBody(Body):
     uid = fields.String(
         load_default=None,
@@ -84,6 +125,9 @@ class EventBody(Body):
         validate=validate.Range(min=0, max=50),
         metadata={"description": "The server's default when left out."},
     )
+    labels = labels_field(
+        f"At most {MAX_LABELS} name -> value pairs, for selecting events.", load_default=dict
+    )
     preview = fields.Boolean(
         load_default=False, metadata={"description": "Add `next_runs`, the next five runs."}
     )
@@ -98,6 +142,7 @@ class EventBody(Body):
             catchup_window=data["catchup_window"],
             overlap=data["overlap"],
             retries=data["retries"],
+            labels=data["labels"],
         )
         return {"spec": spec, "preview": data["preview"]}
 
@@ -147,6 +192,7 @@ class UpdateBody(UidBody):
     catchup_window = fields.Integer(strict=True, validate=validate.Range(min=0, max=366 * 86400))
     overlap = fields.String(validate=validate.OneOf(["skip", "allow"]))
     retries = fields.Integer(strict=True, validate=validate.Range(min=0, max=50))
+    labels = labels_field("The whole new map; `{}` removes every label.")
 
     @post_load
     def to_changes(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
@@ -161,6 +207,29 @@ class ListBody(Paged):
     )
     status = fields.String(
         load_default=None, validate=validate.OneOf(["activated", "suspend", "completed"])
+    )
+    labels = labels_field("Only events carrying every one of these pairs.", load_default=None)
+
+
+class BulkBody(Body):
+    labels = labels_field(
+        "The events carrying every one of these pairs (at least one).",
+        required=True,
+        validate=check_selector,
+    )
+    action = fields.String(required=True, validate=validate.OneOf(BULK_ACTIONS))
+
+
+class BulkSelector(Schema):
+    """The schedules dialect's bulk body."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    labels = labels_field(
+        "The events carrying every one of these pairs (at least one).",
+        required=True,
+        validate=check_selector,
     )
 
 
@@ -178,6 +247,27 @@ class SchedulePage(Schema):
         metadata={"description": "The previous page's `pageInfo.nextCursor`; opaque."},
     )
     pageSize = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+
+
+def check_label_filter(pairs: list[str]) -> None:
+    if len(pairs) > MAX_LABELS:
+        raise ValidationError(f"At most {MAX_LABELS} label filters; got {len(pairs)}.")
+    for pair in pairs:
+        name, colon, value = pair.partition(":")
+        if not colon:
+            raise ValidationError(f"Use name:value; got {pair[:70]!r}.")
+        check_labels({name: value})
+
+
+class ScheduleListQuery(SchedulePage):
+    """listSchedules' query: a page, and label filters."""
+
+    label = fields.List(
+        fields.String(),
+        load_default=list,
+        validate=check_label_filter,
+        metadata={"description": "`name:value`; repeat it: every pair must match."},
+    )
 
 
 # -- response schemas ----------------------------------------------------------------------
@@ -242,6 +332,7 @@ class EventRecord(Schema):
     catchup_window = fields.Integer(required=True, metadata={"description": "Seconds."})
     overlap = fields.String(required=True, validate=validate.OneOf(["skip", "allow"]))
     retries = fields.Integer(required=True)
+    labels = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
 
 
 class PreviewedEventRecord(EventRecord):
@@ -394,6 +485,29 @@ class InstanceList(Schema):
 class InstanceListReply(Schema):
     response = fields.Nested(OkStatus, required=True)
     data = fields.Nested(InstanceList, required=True)
+
+
+class BulkResult(Schema):
+    uid = fields.String(required=True)
+    id = fields.UUID(required=True)
+    status = fields.String(
+        validate=validate.OneOf([*EVENT_STATUSES, "deleted", "queued"]),
+        metadata={"description": 'After the action: the event\'s status, "deleted", or '
+                  'the new execution\'s "queued" (trigger). Absent with `error`.'},
+    )  # fmt: skip
+    execution = fields.String(metadata={"description": "trigger: the new execution's id."})
+    error = fields.String(metadata={"description": "Why the action failed for this event."})
+
+
+class BulkResults(Schema):
+    results = fields.List(
+        fields.Nested(BulkResult), required=True, metadata={"description": "Oldest event first."}
+    )
+
+
+class BulkReply(Schema):
+    response = fields.Nested(OkStatus, required=True)
+    data = fields.Nested(BulkResults, required=True)
 
 
 class QueuedMessage(Schema):

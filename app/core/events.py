@@ -43,6 +43,7 @@ class EventSpec:
     catchup_window: int | None = None
     overlap: str = "skip"
     retries: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def build_event(
         else spec.catchup_window,
         overlap=spec.overlap,
         retries=defaults.retries if spec.retries is None else spec.retries,
+        labels=dict(spec.labels),
         scheduled_at=scheduled_at,
         run_at=scheduled_at if schedule.event_type == "one_time" else None,
     )
@@ -250,6 +252,7 @@ class EventChanges:
     catchup_window: int | None = None
     overlap: str | None = None
     retries: int | None = None
+    labels: dict[str, str] | None = None  # the whole map: {} removes every label
 
 
 def update_event(
@@ -305,7 +308,7 @@ def _changed(event: Event, changes: EventChanges, now: datetime, limits: Message
         event.metadata = changes.metadata
     if errors:
         raise ValidationError(errors[0], errors)
-    for name in ("catchup_window", "overlap", "retries"):
+    for name in ("catchup_window", "overlap", "retries", "labels"):
         value = getattr(changes, name)
         if value is not None:
             setattr(event, name, value)
@@ -338,3 +341,42 @@ def resume(event: Event, now: datetime) -> None:
         paused = from_timestamp(event.suspended_at or epoch(now))
         event.scheduled_at = next_run(schedule, paused)
     event.status, event.suspended_at, event.resume_at = "activated", None, None
+
+
+BULK_ACTIONS = ("pause", "resume", "trigger", "delete")
+
+
+def bulk_action(
+    store: Store, publisher: Publisher, project_id: str, selector: dict[str, str], action: str,
+    *, limit: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Do ``action`` to every event of the project carrying all the pairs of the label
+    ``selector``, oldest first: each one an edit of its own (atomic per event, as the
+    single-event call is), each reported with the event's ``status`` after it ("deleted"
+    for a delete, the execution's "queued" and its ``execution`` id for a trigger), or the
+    ``error`` that event met. More than ``limit`` matches is a 400 and changes nothing."""
+    events, total = store.list_events(project_id, 0, limit + 1, labels=selector)
+    if total > limit:
+        raise ValidationError(
+            f"labels: {total} events match; at most {limit} per bulk call. "
+            "Narrow the selector with more pairs."
+        )
+    return [_bulk_one(store, publisher, event, action) for event in events]
+
+
+def _bulk_one(store: Store, publisher: Publisher, event: Event, action: str) -> dict[str, Any]:
+    result: dict[str, Any] = {"uid": event.uid, "id": event.id}
+    try:
+        if action in ("pause", "resume"):
+            result["status"] = set_paused(store, event, action == "pause").status
+        elif action == "trigger":
+            instance = trigger(store, publisher, event)
+            result.update(status=str(instance.status), execution=instance.id)
+        else:
+            delete_event(store, event)
+            result["status"] = "deleted"
+    except EventGone:
+        result["error"] = "The event was deleted meanwhile."
+    except (Conflict, DispatchError) as exc:
+        result["error"] = exc.message
+    return result

@@ -70,6 +70,7 @@ class Event:
     suspended_at: int | None = None
     run_at: int | None = None  # a one-time event's run, kept while it is suspended
     resume_at: int | None = None  # where a paused schedule stood: resume starts there
+    labels: dict[str, str] = field(default_factory=dict)
     scheduled_at: int | None = None  # read from the due index, never stored in the hash
 
     def record(self) -> dict[str, Any]:
@@ -90,7 +91,12 @@ class Event:
             "catchup_window": self.catchup_window,
             "overlap": self.overlap,
             "retries": self.retries,
+            "labels": self.labels,
         }
+
+    def matches(self, selector: dict[str, str]) -> bool:
+        """Whether the event carries every pair of the label ``selector``."""
+        return all(self.labels.get(name) == value for name, value in selector.items())
 
     def summary(self) -> dict[str, Any]:
         """One entry of create_scheduled_events' ``response.message``."""
@@ -125,6 +131,8 @@ class Event:
             fields["run_at"] = self.run_at
         if self.resume_at is not None:
             fields["resume_at"] = self.resume_at
+        if self.labels:
+            fields["labels"] = json.dumps(self.labels, separators=(",", ":"), sort_keys=True)
         for name, default in FIXED_DEFAULTS.items():
             if fields[name] == default:
                 del fields[name]
@@ -135,7 +143,7 @@ class Event:
     @staticmethod
     def cleared() -> tuple[str, ...]:
         """Fields ``to_hash`` leaves out when unset, to delete on rewrite."""
-        return ("suspended_at", "run_at", "resume_at", "updated_at", *FIXED_DEFAULTS)
+        return ("suspended_at", "run_at", "resume_at", "labels", "updated_at", *FIXED_DEFAULTS)
 
     @classmethod
     def from_hash(
@@ -165,6 +173,7 @@ class Event:
             suspended_at=int(raw["suspended_at"]) if raw.get("suspended_at") else None,
             run_at=int(raw["run_at"]) if raw.get("run_at") else None,
             resume_at=int(float(raw["resume_at"])) if raw.get("resume_at") else None,
+            labels=json.loads(raw["labels"]) if raw.get("labels") else {},
             scheduled_at=None if scheduled_at is None else int(scheduled_at),
         )
 

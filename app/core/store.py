@@ -499,19 +499,30 @@ class Store:
         return [found.get(iid) for iid in instance_ids]
 
     def list_events(
-        self, project_id: str, offset: int, limit: int, status: str | None = None
+        self,
+        project_id: str,
+        offset: int,
+        limit: int,
+        status: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> tuple[list[Event], int]:
-        """A page of the project's events, oldest first, and the total that match."""
-        if status is None and self.keys.shards == 1:
+        """A page of the project's events, oldest first, and the total that match: all,
+        or those with this ``status`` and every pair of ``labels`` (a filter reads every
+        event of the project)."""
+        if status is None and not labels and self.keys.shards == 1:
             key = self.keys.project_events(project_id, 0)
             ids = self.redis.zrange(key, offset, offset + limit - 1)
             return [e for e in self._events(ids) if e is not None], self.redis.zcard(key)
-        if status is None:
+        if status is None and not labels:
             ids, total = self._event_ids(project_id, offset + limit)
             page = self._events(ids[offset : offset + limit])
             return [e for e in page if e is not None], total
         ids, _ = self._event_ids(project_id, None)
-        matching = [e for e in self._events(ids) if e is not None and e.status == status]
+        matching = [
+            e
+            for e in self._events(ids)
+            if e is not None and status in (None, e.status) and e.matches(labels or {})
+        ]
         return matching[offset : offset + limit], len(matching)
 
     def _event_ids(self, project_id: str, first: int | None) -> tuple[list[str], int]:

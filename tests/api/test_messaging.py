@@ -189,6 +189,7 @@ def test_get_returns_the_event_record(api: Api) -> None:
         "catchup_window": 300,
         "overlap": "skip",
         "retries": 5,
+        "labels": {},
     }
 
 

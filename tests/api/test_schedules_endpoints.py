@@ -18,6 +18,7 @@ PATHS = {
     "/{id}/resume": {"PUT"},
     "/{id}/recipients": {"GET"},
     "/{id}/executions": {"GET"},
+    **{f"/bulk/{action}": {"POST"} for action in ("pause", "resume", "trigger", "delete")},
 }
 
 

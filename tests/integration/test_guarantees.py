@@ -254,3 +254,34 @@ def test_pausing_cancels_queued_work(
     [instance] = web.instances("paused")
     assert instance["status"] == "cancelled"
     assert smtp.messages == []
+
+
+def test_a_bulk_pause_by_label_stops_exactly_the_matching_events(
+    web: Web, processes: Processes, smtp: SmtpSink
+) -> None:
+    labelled = {"nightly-a": {"team": "billing"}, "nightly-b": {"team": "billing", "x": "1"},
+                "other": {"team": "growth"}, "plain": {}}  # fmt: skip
+    for uid, labels in labelled.items():
+        create(web, uid, "every 2 secs", labels=labels)
+    processes.worker(concurrency=4)
+    processes.beat()
+
+    def sent(uid: str) -> int:
+        return sum(1 for i in web.instances(uid) if i["status"] == "succeeded")
+
+    assert wait_until(lambda: all(sent(uid) >= 1 for uid in labelled), timeout=30)
+    response = web.call("bulk_update_scheduled_events",
+                        {"labels": {"team": "billing"}, "action": "pause"})  # fmt: skip
+    assert [(r["uid"], r["status"]) for r in response.get_json()["data"]["results"]] == [
+        ("nightly-a", "suspend"),
+        ("nightly-b", "suspend"),
+    ]
+    # A send already running when the pause landed may still finish; nothing after it.
+    time.sleep(1)
+    paused = {uid: len(web.instances(uid)) for uid in ("nightly-a", "nightly-b")}
+    running = {uid: sent(uid) for uid in ("other", "plain")}
+    time.sleep(6)  # three more occurrences of the events left running
+    assert {uid: len(web.instances(uid)) for uid in paused} == paused
+    assert all(sent(uid) >= running[uid] + 2 for uid in running)
+    to_each = Counter(m.message["X-Sendbeat-Instance"] for m in smtp.messages)
+    assert set(to_each.values()) == {1}
