@@ -32,7 +32,7 @@ from app.api.common import (
 )
 from app.api.declare import BodySchema, Dialect, Endpoint, Example, declare, example
 from app.api.seeds import SEED_BATCH_200, SEED_BATCH_REQUEST
-from app.core.clock import isoformat
+from app.core.clock import from_timestamp, isoformat
 from app.core.errors import (
     NO_SUCH_UID,
     DispatchError,
@@ -225,10 +225,11 @@ def send_message(data: dict[str, Any], project_id: str) -> Response:
 def create_scheduled_event(data: dict[str, Any], project_id: str) -> Response:
     svc = services()
     created = create_events(svc.store, project_id, [data["spec"]], svc.defaults, batch=False)
-    event, schedule = created.events[0], created.schedules[0]
+    event, timing = created.events[0], created.timings[0]
     record = event.record()
     if data["preview"]:
-        record["next_runs"] = [isoformat(t) for t in schedule.preview(created.now)]
+        runs = timing.preview(int(created.now.timestamp()))
+        record["next_runs"] = [isoformat(from_timestamp(run.at)) for run in runs]
     return ok(event.uid, record)
 
 

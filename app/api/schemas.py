@@ -4,12 +4,14 @@ that only document what the API answers (``app.api.openapi`` turns both into Ope
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
 from app.core.events import BULK_ACTIONS, EventChanges, EventSpec
 from app.core.records import InstanceStatus
+from app.core.schedules import DST_POLICIES
 
 # Bounds of the request fields (docs/api.md lists them). Pages stop where an offset still
 # fits the store's 64-bit ranges many times over; a cursor encodes such an offset.
@@ -95,6 +97,62 @@ def check_selector(labels: dict[str, str]) -> None:
     check_labels(labels)
 
 
+# The timing policies (docs/schedules.md, "Timing policies").
+MAX_JITTER = 366 * 86400
+MAX_RUNS = 1_000_000_000
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+def timing_fields(*, creating: bool) -> dict[str, fields.Field]:
+    """The timing policies' fields: defaults when creating; on update, only what is given
+    (``null`` removes a bound or max_runs)."""
+
+    def default(value: Any) -> dict[str, Any]:
+        return {"load_default": value} if creating else {"allow_none": value is None}
+
+    def when(description: str) -> fields.AwareDateTime:
+        return fields.AwareDateTime(
+            default_timezone=UTC,
+            validate=validate.Range(min=EARLIEST, max=LATEST),
+            metadata={"description": description + " ISO 8601; UTC when it names no offset."},
+            **default(None),
+        )
+
+    jitter = ("Seconds: each occurrence fires up to this much after its time, the same "
+              "offset on every beat (at most the schedule's shortest interval).")  # fmt: skip
+    max_runs = "The event completes once beat has queued this many of its occurrences."
+    dst = (
+        "A wall time a clock change skips or repeats: `shift` (runs after the gap; once), "
+        "`skip` (not when skipped), `twice` (at both instants when repeated)."
+    )
+    return {
+        "jitter": fields.Integer(
+            strict=True,
+            validate=validate.Range(min=0, max=MAX_JITTER),
+            metadata={"description": jitter},
+            **default(0),
+        ),
+        "start_at": when("No occurrence before it."),
+        "end_at": when("No occurrence after it; the event then completes."),
+        "max_runs": fields.Integer(
+            strict=True,
+            validate=validate.Range(min=1, max=MAX_RUNS),
+            metadata={"description": max_runs},
+            **default(None),
+        ),
+        "dst": fields.String(
+            validate=validate.OneOf(DST_POLICIES), metadata={"description": dst}, **default("shift")
+        ),
+    }
+
+
+_NEW, _CHANGED = timing_fields(creating=True), timing_fields(creating=False)
+
+
+def _epoch(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp())
+
+
 class EventBody(Body):
     uid = fields.String(
         load_default=None,
@@ -132,6 +190,12 @@ class EventBody(Body):
         load_default=False, metadata={"description": "Add `next_runs`, the next five runs."}
     )
 
+    jitter = _NEW["jitter"]
+    start_at = _NEW["start_at"]
+    end_at = _NEW["end_at"]
+    max_runs = _NEW["max_runs"]
+    dst = _NEW["dst"]
+
     @post_load
     def to_spec(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
         spec = EventSpec(
@@ -143,6 +207,11 @@ class EventBody(Body):
             overlap=data["overlap"],
             retries=data["retries"],
             labels=data["labels"],
+            jitter=data["jitter"],
+            start_at=_epoch(data["start_at"]),
+            end_at=_epoch(data["end_at"]),
+            max_runs=data["max_runs"],
+            dst=data["dst"],
         )
         return {"spec": spec, "preview": data["preview"]}
 
@@ -193,12 +262,21 @@ class UpdateBody(UidBody):
     overlap = fields.String(validate=validate.OneOf(["skip", "allow"]))
     retries = fields.Integer(strict=True, validate=validate.Range(min=0, max=50))
     labels = labels_field("The whole new map; `{}` removes every label.")
+    jitter = _CHANGED["jitter"]
+    start_at = _CHANGED["start_at"]
+    end_at = _CHANGED["end_at"]
+    max_runs = _CHANGED["max_runs"]
+    dst = _CHANGED["dst"]
 
     @post_load
     def to_changes(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
         uid = data.pop("uid")
         data.pop("api_key", None)
-        return {"uid": uid, "changes": EventChanges(**data)}
+        cleared = frozenset(n for n in ("start_at", "end_at", "max_runs")
+                            if n in data and data[n] is None)  # fmt: skip
+        for name in ("start_at", "end_at"):
+            data[name] = _epoch(data.get(name))
+        return {"uid": uid, "changes": EventChanges(**data, cleared=cleared)}
 
 
 class ListBody(Paged):
@@ -333,6 +411,11 @@ class EventRecord(Schema):
     overlap = fields.String(required=True, validate=validate.OneOf(["skip", "allow"]))
     retries = fields.Integer(required=True)
     labels = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    jitter = fields.Integer(required=True, metadata={"description": "Seconds."})
+    start_at = _when("No occurrence before it.", required=False)
+    end_at = _when("No occurrence after it.", required=False)
+    max_runs = fields.Integer(required=True, allow_none=True)
+    dst = fields.String(required=True, validate=validate.OneOf(DST_POLICIES))
 
 
 class PreviewedEventRecord(EventRecord):
@@ -386,6 +469,10 @@ class InstanceRecord(Schema):
     attempts = fields.Integer(required=True)
     error = fields.String(required=True, allow_none=True)
     result = fields.Nested(DeliveryResult, required=True, allow_none=True)
+    nominal_for = fields.DateTime(
+        metadata={"description": "A jittered occurrence's own time (its schedule's); "
+                  "`scheduled_for` is when its jitter made it due. Only with jitter."}
+    )  # fmt: skip
 
 
 # The messaging dialect's envelopes.

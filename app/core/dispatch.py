@@ -19,12 +19,11 @@ from functools import lru_cache, partial
 from redis.exceptions import RedisError
 
 from app.core import metrics
-from app.core.clock import from_timestamp
 from app.core.publisher import Publisher
 from app.core.records import DueEvent, InstanceStatus, new_id
-from app.core.schedules import Schedule, parse_schedule
 from app.core.scripts import Claim
 from app.core.store import Store
+from app.core.timing import Run, Timing, timing_of
 
 log = logging.getLogger("sendbeat.beat")
 
@@ -43,71 +42,88 @@ def plan_claim(event: DueEvent, now: int, new_id: Callable[[], str] = new_id) ->
     """Decide what to do with one due event: send its latest occurrence if it is within
     the catch-up window, record the older ones as missed, and find the next run.
     ``new_id`` makes the executions' ids (in the event's shard)."""
-    occurrences: tuple[int, ...] = (event.scheduled_at,)
-    next_at: int | None = None
+    runs: tuple[Run, ...] = (Run(event.scheduled_at, event.scheduled_at),)
+    following: Run | None = None
     if event.event_type == "repeatable":
-        occurrences, next_at = _occurrences(event.schedule, event.timezone, event.scheduled_at, now)
-    latest = occurrences[-1]
-    on_time = now - latest <= event.catchup_window
-    missed = occurrences[:-1] if on_time else occurrences
+        key = event.id if event.jitter > 1 else ""  # events without jitter share walks
+        runs, following = _occurrences(event.schedule, event.timezone, event.dst, key,
+                                       event.jitter, event.start_at, event.end_at,
+                                       event.scheduled_at, now)  # fmt: skip
+    latest = runs[-1]
+    on_time = now - latest.at <= event.catchup_window
+    missed = runs[:-1] if on_time else runs
     return Claim(
         event_id=event.id,
         at=event.scheduled_at,
-        next_at=next_at,
-        send=(new_id(), latest) if on_time else None,
-        missed=tuple((new_id(), at) for at in missed[-MAX_MISSED_PER_CLAIM:]),
+        next_at=None if following is None else following.at,
+        send=(new_id(), latest.at) if on_time else None,
+        missed=tuple((new_id(), run.at) for run in missed[-MAX_MISSED_PER_CLAIM:]),
         event_uid=event.uid,
         project_id=event.project_id,
         overlap=event.overlap,
+        nominal=latest.nominal if on_time and latest.nominal != latest.at else None,
+        max_runs=event.max_runs,
     )
 
 
 @lru_cache(maxsize=4096)
 def _occurrences(
-    text: str, timezone: str, scheduled_at: int, now: int
-) -> tuple[tuple[int, ...], int | None]:
-    """The occurrences from ``scheduled_at`` up to ``now`` — all of them, or after a long
-    outage only the latest ``MAX_MISSED_PER_CLAIM + 1`` — and the first run after ``now``.
-    Cached: the many events that share a schedule and fall due together cost one walk."""
-    schedule = parse_schedule(text, timezone, now=from_timestamp(scheduled_at))
+    text: str,
+    timezone: str,
+    dst: str,
+    key: str,
+    jitter: int,
+    start_at: int | None,
+    end_at: int | None,
+    scheduled_at: int,
+    now: int,
+) -> tuple[tuple[Run, ...], Run | None]:
+    """The runs from the one that fires at ``scheduled_at`` up to ``now`` — all of them,
+    or after a long outage only the latest ``MAX_MISSED_PER_CLAIM + 1`` — and the first
+    to fire after ``now``. Cached: the many events that share a schedule (and no jitter)
+    and fall due together cost one walk."""
+    timing = timing_of(text, timezone, now=scheduled_at, dst=dst, key=key, jitter=jitter,
+                       start_at=start_at, end_at=end_at)  # fmt: skip
     keep = MAX_MISSED_PER_CLAIM + 1
-    kept, after, done = _walk(schedule, scheduled_at, now, keep, budget=2 * keep)
+    first = timing.run(timing.nominal_of(scheduled_at))
+    if first.at != scheduled_at:  # a score no run has (the timing changed): it stands alone
+        first = Run(scheduled_at, scheduled_at)
+    kept, after, done = _walk(timing, first, now, keep, budget=2 * keep)
     if done:
         return tuple(kept), after
     # A long outage: rather than walk all of it, walk the end of it, reaching further
     # back (twice as far each time) until it holds enough occurrences.
-    span = (kept[1] - kept[0]) * keep
+    span = (kept[1].nominal - kept[0].nominal) * keep
     while True:
-        start = scheduled_at
+        start = first
         if now - span > scheduled_at:
-            first = schedule.next_after(from_timestamp(now - span - 1))
-            if first is None or first.timestamp() > now:
+            nominal = timing.nominal_after(now - span - 1)
+            if nominal is None or timing.run(nominal).at > now:
                 span *= 2
                 continue
-            start = int(first.timestamp())
-        kept, after, _ = _walk(schedule, start, now, keep)
-        if len(kept) == keep or start == scheduled_at:
+            start = timing.run(nominal)
+        kept, after, _ = _walk(timing, start, now, keep)
+        if len(kept) == keep or start == first:
             return tuple(kept), after
         span *= 2
 
 
 def _walk(
-    schedule: Schedule, first: int, now: int, keep: int, budget: int | None = None
-) -> tuple[deque[int], int | None, bool]:
-    """Walk the occurrences from ``first`` (one of them) up to ``now``, keeping the last
+    timing: Timing, first: Run, now: int, keep: int, budget: int | None = None
+) -> tuple[deque[Run], Run | None, bool]:
+    """Walk the runs from ``first`` (one of them) that fire by ``now``, keeping the last
     ``keep``; stop after ``budget`` steps. Returns (kept, the first run after ``now``,
     whether the walk got past ``now``)."""
-    kept: deque[int] = deque(maxlen=keep)
-    at: int | None = first
+    kept: deque[Run] = deque(maxlen=keep)
+    run: Run | None = first
     steps = 0
-    while at is not None and at <= now:
+    while run is not None and run.at <= now:
         if budget is not None and steps == budget:
             return kept, None, False
-        kept.append(at)
+        kept.append(run)
         steps += 1
-        following = schedule.next_after(from_timestamp(at))
-        at = None if following is None else int(following.timestamp())
-    return kept, at, True
+        run = timing.following(run.nominal)
+    return kept, run, True
 
 
 def dispatch_due(

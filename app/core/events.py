@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from app.core.clock import from_timestamp
 from app.core.errors import (
     Conflict,
     DispatchError,
@@ -27,9 +26,10 @@ from app.core.keys import Keys
 from app.core.message import DEFAULT_LIMITS, MessageLimits, validate_arguments
 from app.core.publisher import Publisher
 from app.core.records import Event, Instance, InstanceStatus, new_id
-from app.core.schedules import Schedule, parse_schedule
+from app.core.schedules import Schedule
 from app.core.scripts import Enqueued
 from app.core.store import Edit, Store
+from app.core.timing import Timing, shortest_gap, timing_of
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,11 @@ class EventSpec:
     overlap: str = "skip"
     retries: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    jitter: int = 0
+    start_at: int | None = None
+    end_at: int | None = None
+    max_runs: int | None = None
+    dst: str = "shift"
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class Defaults:
 class Created:
     events: list[Event]
     now: datetime
-    schedules: list[Schedule] = field(default_factory=list)
+    timings: list[Timing] = field(default_factory=list)
 
 
 def uid_taken(uid: str) -> UidTaken:
@@ -81,36 +86,66 @@ def epoch(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
+def past(text: str) -> InvalidSchedule:
+    return InvalidSchedule(f"The schedule {text!r} lies in the past.")
+
+
 def next_run(schedule: Schedule, now: datetime) -> int:
     """The first run strictly after ``now``; a one-time date already past is a 400."""
     at = schedule.next_after(now)
     if at is None:
-        raise InvalidSchedule(f"The schedule {schedule.text!r} lies in the past.")
+        raise past(schedule.text)
     return epoch(at)
+
+
+ONLY_REPEATING = ("jitter", "start_at", "end_at", "max_runs")
+
+
+def place(event: Event, now: datetime) -> tuple[Timing | None, list[str]]:
+    """Read the event's schedule with its timing policies, check them, and set its
+    ``event_type`` and ``scheduled_at`` (and a one-time event's ``run_at``): the first
+    run that fires after ``now``. Returns the timing, or None and what is wrong."""
+    stamp = epoch(now)
+    try:
+        timing = timing_of(event.schedule, event.timezone, now=stamp, dst=event.dst,
+                           key=event.id, jitter=event.jitter, start_at=event.start_at,
+                           end_at=event.end_at)  # fmt: skip
+    except InvalidSchedule as exc:
+        field_name = "timezone" if "timezone" in exc.message.lower() else "schedule"
+        return None, [f"{field_name}: {exc.message}"]
+    schedule = timing.schedule
+    once = schedule.event_type == "one_time"
+    errors = [
+        f"{name}: applies to repeating schedules; {schedule.text!r} runs once."
+        for name in ONLY_REPEATING
+        if once and getattr(event, name)
+    ]
+    if event.start_at is not None and event.end_at is not None and event.end_at <= event.start_at:
+        errors.append("end_at: must be after start_at.")
+    if event.jitter and not once and not errors:
+        gap = shortest_gap(schedule, stamp)
+        if gap is not None and event.jitter > gap:
+            errors.append(f"jitter: at most the schedule's shortest interval, {gap} seconds; "
+                          f"got {event.jitter}.")  # fmt: skip
+    if errors:
+        return None, errors
+    run = timing.first_after(stamp)
+    if run is None:
+        if once:
+            return None, [f"schedule: {past(schedule.text).message}"]
+        return None, ["end_at: the schedule has no run between now and end_at."]
+    event.event_type = schedule.event_type
+    event.scheduled_at = run.at
+    event.run_at = run.at if once else None
+    return timing, []
 
 
 def build_event(
     spec: EventSpec, project_id: str, now: datetime, defaults: Defaults, keys: Keys
-) -> tuple[Event, Schedule]:
+) -> tuple[Event, Timing]:
     """Validate one spec into an Event; raise ValidationError with field-named errors.
     Its id falls in the shard of its uid (``keys``), so the event and its uid's index
     share one slot."""
-    errors: list[str] = []
-    schedule = None
-    try:
-        schedule = parse_schedule(spec.schedule, spec.timezone, now=now)
-        scheduled_at = next_run(schedule, now)
-    except InvalidSchedule as exc:
-        field_name = "timezone" if "timezone" in exc.message.lower() else "schedule"
-        errors.append(f"{field_name}: {exc.message}")
-    try:
-        validate_arguments(
-            spec.metadata.get("arguments"), path="metadata.arguments", limits=defaults.limits
-        )
-    except ValidationError as exc:
-        errors.extend(exc.errors)
-    if errors or schedule is None:
-        raise ValidationError(errors[0], errors)
     stamp = epoch(now)
     uid = spec.uid or new_id()
     event = Event(
@@ -119,7 +154,7 @@ def build_event(
         project_id=project_id,
         schedule=spec.schedule,
         timezone=spec.timezone,
-        event_type=schedule.event_type,
+        event_type="repeatable",
         metadata=spec.metadata,
         created_at=stamp,
         updated_at=stamp,
@@ -129,10 +164,22 @@ def build_event(
         overlap=spec.overlap,
         retries=defaults.retries if spec.retries is None else spec.retries,
         labels=dict(spec.labels),
-        scheduled_at=scheduled_at,
-        run_at=scheduled_at if schedule.event_type == "one_time" else None,
+        jitter=spec.jitter,
+        start_at=spec.start_at,
+        end_at=spec.end_at,
+        max_runs=spec.max_runs,
+        dst=spec.dst,
     )
-    return event, schedule
+    timing, errors = place(event, now)
+    try:
+        validate_arguments(
+            spec.metadata.get("arguments"), path="metadata.arguments", limits=defaults.limits
+        )
+    except ValidationError as exc:
+        errors.extend(exc.errors)
+    if errors or timing is None:
+        raise ValidationError(errors[0], errors)
+    return event, timing
 
 
 def create_events(
@@ -155,12 +202,12 @@ def create_events(
         if spec.uid is not None:
             seen.add(spec.uid)
         try:
-            event, schedule = build_event(spec, project_id, now, defaults, store.keys)
+            event, timing = build_event(spec, project_id, now, defaults, store.keys)
         except ValidationError as exc:
             errors.extend(where + e for e in exc.errors)
             continue
         created.events.append(event)
-        created.schedules.append(schedule)
+        created.timings.append(timing)
     if errors:
         raise ValidationError("Could not create scheduled event.", errors)
     try:
@@ -253,6 +300,17 @@ class EventChanges:
     overlap: str | None = None
     retries: int | None = None
     labels: dict[str, str] | None = None  # the whole map: {} removes every label
+    jitter: int | None = None
+    start_at: int | None = None
+    end_at: int | None = None
+    max_runs: int | None = None
+    dst: str | None = None
+    cleared: frozenset[str] = frozenset()  # of start_at, end_at, max_runs: given as null
+
+    def changes_timing(self) -> bool:
+        timing = ("schedule", "timezone", "jitter", "start_at", "end_at", "dst")
+        given = any(getattr(self, name) is not None for name in timing)
+        return given or bool(self.cleared & {"start_at", "end_at"})
 
 
 def update_event(
@@ -286,19 +344,16 @@ def _changed(event: Event, changes: EventChanges, now: datetime, limits: Message
     """What ``changes`` make of ``event`` (as read just now), validated."""
     stamp = epoch(now)
     errors: list[str] = []
-    schedule_changed = changes.schedule is not None or changes.timezone is not None
+    for name in ("schedule", "timezone", "jitter", "start_at", "end_at", "max_runs", "dst"):
+        value = getattr(changes, name)
+        if value is not None:
+            setattr(event, name, value)
+    for name in changes.cleared:
+        setattr(event, name, None)
+    schedule_changed = changes.changes_timing()
     if schedule_changed:
-        event.schedule = changes.schedule or event.schedule
-        event.timezone = changes.timezone or event.timezone
-        try:
-            schedule = parse_schedule(event.schedule, event.timezone, now=now)
-            event.event_type = schedule.event_type
-            event.scheduled_at = next_run(schedule, now)
-            event.run_at = event.scheduled_at if event.event_type == "one_time" else None
-            event.resume_at = None  # a paused event with a new schedule resumes from it
-        except InvalidSchedule as exc:
-            field_name = "timezone" if "timezone" in exc.message.lower() else "schedule"
-            errors.append(f"{field_name}: {exc.message}")
+        _, errors = place(event, now)
+        event.resume_at = None  # a paused event with a new schedule resumes from it
     if changes.metadata is not None:
         try:
             arguments = changes.metadata.get("arguments")
@@ -337,9 +392,14 @@ def resume(event: Event, now: datetime) -> None:
     elif event.resume_at is not None:
         event.scheduled_at = event.resume_at
     else:
-        schedule = parse_schedule(event.schedule, event.timezone, now=now)
-        paused = from_timestamp(event.suspended_at or epoch(now))
-        event.scheduled_at = next_run(schedule, paused)
+        timing = timing_of(event.schedule, event.timezone, now=epoch(now), dst=event.dst,
+                           key=event.id, jitter=event.jitter, start_at=event.start_at,
+                           end_at=event.end_at)  # fmt: skip
+        run = timing.first_after(event.suspended_at or epoch(now))
+        if run is None:  # its end_at passed while it was paused
+            event.status, event.suspended_at, event.resume_at = "completed", None, None
+            return
+        event.scheduled_at = run.at
     event.status, event.suspended_at, event.resume_at = "activated", None, None
 
 

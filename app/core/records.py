@@ -47,7 +47,7 @@ class Project:
 
 # Defaults fixed by the product contract (not by settings): an event hash leaves these
 # fields out when they hold them.
-FIXED_DEFAULTS = {"timezone": "UTC", "overlap": "skip"}
+FIXED_DEFAULTS = {"timezone": "UTC", "overlap": "skip", "dst": "shift"}
 
 
 @dataclass
@@ -71,6 +71,12 @@ class Event:
     run_at: int | None = None  # a one-time event's run, kept while it is suspended
     resume_at: int | None = None  # where a paused schedule stood: resume starts there
     labels: dict[str, str] = field(default_factory=dict)
+    jitter: int = 0  # seconds: each occurrence fires up to this much after its time
+    start_at: int | None = None  # no occurrence before it
+    end_at: int | None = None  # none after it
+    max_runs: int | None = None  # completed once this many occurrences were queued
+    dst: str = "shift"  # app.core.schedules.DST_POLICIES
+    runs: int = 0  # occurrences queued by beat (claim.lua counts them for max_runs)
     scheduled_at: int | None = None  # read from the due index, never stored in the hash
 
     def record(self) -> dict[str, Any]:
@@ -92,6 +98,11 @@ class Event:
             "overlap": self.overlap,
             "retries": self.retries,
             "labels": self.labels,
+            "jitter": self.jitter,
+            "start_at": _iso(self.start_at),
+            "end_at": _iso(self.end_at),
+            "max_runs": self.max_runs,
+            "dst": self.dst,
         }
 
     def matches(self, selector: dict[str, str]) -> bool:
@@ -122,6 +133,8 @@ class Event:
             "catchup_window": self.catchup_window,
             "overlap": self.overlap,
             "retries": self.retries,
+            "dst": self.dst,
+            "jitter": self.jitter,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -131,6 +144,11 @@ class Event:
             fields["run_at"] = self.run_at
         if self.resume_at is not None:
             fields["resume_at"] = self.resume_at
+        if not self.jitter:
+            del fields["jitter"]
+        for name in ("start_at", "end_at", "max_runs"):
+            if getattr(self, name) is not None:
+                fields[name] = getattr(self, name)
         if self.labels:
             fields["labels"] = json.dumps(self.labels, separators=(",", ":"), sort_keys=True)
         for name, default in FIXED_DEFAULTS.items():
@@ -143,7 +161,8 @@ class Event:
     @staticmethod
     def cleared() -> tuple[str, ...]:
         """Fields ``to_hash`` leaves out when unset, to delete on rewrite."""
-        return ("suspended_at", "run_at", "resume_at", "labels", "updated_at", *FIXED_DEFAULTS)
+        return ("suspended_at", "run_at", "resume_at", "labels", "jitter", "start_at", "end_at",
+                "max_runs", "updated_at", *FIXED_DEFAULTS)  # fmt: skip
 
     @classmethod
     def from_hash(
@@ -174,6 +193,12 @@ class Event:
             run_at=int(raw["run_at"]) if raw.get("run_at") else None,
             resume_at=int(float(raw["resume_at"])) if raw.get("resume_at") else None,
             labels=json.loads(raw["labels"]) if raw.get("labels") else {},
+            jitter=int(raw.get("jitter", 0)),
+            start_at=_int_or_none(raw.get("start_at")),
+            end_at=_int_or_none(raw.get("end_at")),
+            max_runs=_int_or_none(raw.get("max_runs")),
+            dst=raw.get("dst", FIXED_DEFAULTS["dst"]),
+            runs=int(raw.get("runs", 0)),
             scheduled_at=None if scheduled_at is None else int(scheduled_at),
         )
 
@@ -191,17 +216,29 @@ class DueEvent:
     uid: str
     project_id: str
     overlap: str
+    dst: str = "shift"
+    jitter: int = 0
+    start_at: int | None = None
+    end_at: int | None = None
+    max_runs: int | None = None
 
     @classmethod
     def from_row(cls, event_id: str, at: int, row: list[str | None]) -> DueEvent:
         """From the values of ``DUE_FIELDS``, in that order."""
-        schedule, timezone, event_type, window, uid, project_id, overlap = (v or "" for v in row)
+        (schedule, timezone, event_type, window, uid, project_id, overlap, dst, jitter,
+         start_at, end_at, max_runs) = (v or "" for v in row)  # fmt: skip
         return cls(event_id, at, schedule, timezone or FIXED_DEFAULTS["timezone"], event_type,
-                   int(window), uid, project_id, overlap or FIXED_DEFAULTS["overlap"])  # fmt: skip
+                   int(window), uid, project_id, overlap or FIXED_DEFAULTS["overlap"],
+                   dst or FIXED_DEFAULTS["dst"], int(jitter or 0), _int_or_none(start_at),
+                   _int_or_none(end_at), _int_or_none(max_runs))  # fmt: skip
 
 
 DUE_FIELDS = ("schedule", "timezone", "event_type", "catchup_window", "uid", "project_id",
-              "overlap")  # fmt: skip
+              "overlap", "dst", "jitter", "start_at", "end_at", "max_runs")  # fmt: skip
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value else None
 
 
 @dataclass
@@ -223,9 +260,10 @@ class Instance:
     result: dict[str, Any] | None = None
     payload: dict[str, Any] | None = None  # send_message arguments when there is no event
     delivered: list[str] = field(default_factory=list)  # recipients already accepted
+    nominal_for: int | None = None  # a jittered occurrence's time by its schedule
 
     def record(self) -> dict[str, Any]:
-        return {
+        record = {
             "uid": self.id,
             "event_uid": self.event_uid or None,
             "event_id": self.event_id or None,
@@ -239,6 +277,9 @@ class Instance:
             "error": self.error,
             "result": self.result,
         }
+        if self.nominal_for is not None:  # scheduled_for is when its jitter made it due
+            record["nominal_for"] = _iso(self.nominal_for)
+        return record
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -270,6 +311,7 @@ class Instance:
             result=json.loads(raw["result"]) if raw.get("result") else None,
             payload=json.loads(raw["payload"]) if raw.get("payload") else None,
             delivered=json.loads(raw["delivered"]) if raw.get("delivered") else [],
+            nominal_for=opt_int("nominal_for"),
         )
         for name, value in raw.items():
             if name.startswith("late."):

@@ -7,8 +7,10 @@ reads the system clock; every time comes in as an argument.
 
 Every repeating schedule is a rule that yields naive *wall* times in the event's timezone.
 One function, ``_resolve``, turns a wall time into an instant, so the DST rules live in one
-place: a wall time inside a spring-forward gap runs at the first instant after the gap, and a
-wall time that happens twice runs at its first occurrence only.
+place. Each event picks its rule (``dst``): ``shift`` (the default) runs a wall time inside a
+spring-forward gap at the first instant after the gap, and a wall time that happens twice at
+its first occurrence only; ``skip`` does not run a wall time that does not exist; ``twice``
+runs a repeated wall time at both of its instants.
 """
 
 import calendar
@@ -27,6 +29,7 @@ from croniter import CroniterBadDateError, croniter
 from app.core.errors import InvalidSchedule
 
 EventType = Literal["repeatable", "one_time"]
+DST_POLICIES = ("shift", "skip", "twice")
 
 _EXPECTED = "expected 'every N mins|hours|days|weeks|months', a crontab line, or a date"
 _TICK = timedelta(microseconds=1)
@@ -45,6 +48,7 @@ class Schedule:
     timezone: str
     event_type: EventType
     run_at: datetime | None = None
+    dst: str = "shift"  # DST_POLICIES: what a wall time in a gap or a repeated hour does
 
     def next_after(self, after: datetime) -> datetime | None:
         """The first run time strictly after `after` (an aware datetime, any zone), as an aware
@@ -56,7 +60,12 @@ class Schedule:
             return run_at if run_at > after_utc else None
         rule = _meaning(self.text)
         assert isinstance(rule, _WallRule)
-        return _next_instant(rule, zone, after_utc)
+        first = _next_instant(rule, zone, after_utc, skip_gaps=self.dst == "skip")
+        if self.dst == "twice":
+            again = _second_pass(rule, zone, after_utc)
+            if again is not None and (first is None or again < first):
+                return again
+        return first
 
     def preview(self, now: datetime, count: int = 5) -> list[datetime]:
         """The next `count` run times strictly after `now` (fewer for one_time)."""
@@ -69,7 +78,9 @@ class Schedule:
         return runs
 
 
-def parse_schedule(text: str, timezone: str = "UTC", *, now: datetime) -> Schedule:
+def parse_schedule(
+    text: str, timezone: str = "UTC", *, now: datetime, dst: str = "shift"
+) -> Schedule:
     """Parse and validate. `now` (aware) anchors relative one-time forms; the same text,
     timezone and now always give the same Schedule. One-time dates in the past are accepted
     (callers check ``next_after(now) is None``). Raises InvalidSchedule."""
@@ -77,7 +88,7 @@ def parse_schedule(text: str, timezone: str = "UTC", *, now: datetime) -> Schedu
     zone = _zone(timezone)
     meaning = _meaning(text)
     if isinstance(meaning, _WallRule):
-        return Schedule(text, timezone, "repeatable")
+        return Schedule(text, timezone, "repeatable", dst=dst)
     return Schedule(text, timezone, "one_time", _one_time_run_at(meaning, zone, now_utc))
 
 
@@ -139,14 +150,39 @@ def _search_start(after: datetime, zone: ZoneInfo) -> datetime:
     return end.replace(tzinfo=None) + old_offset
 
 
-def _next_instant(rule: "_WallRule", zone: ZoneInfo, after: datetime) -> datetime | None:
+def _next_instant(
+    rule: "_WallRule", zone: ZoneInfo, after: datetime, *, skip_gaps: bool = False
+) -> datetime | None:
+    """The first run after ``after``, each wall time at its first instant (``skip_gaps``:
+    a wall time that does not exist does not run)."""
     wall = _search_start(after, zone)
     while (candidate := rule.first_at_or_after(wall)) is not None:
         instant = _resolve(candidate, zone)
-        if instant > after:  # wall times in one gap share an instant; it runs once
+        exists = not skip_gaps or instant.astimezone(zone).replace(tzinfo=None) == candidate
+        if exists and instant > after:  # wall times in one gap share an instant; it runs once
             return instant
         wall = candidate + _TICK
     return None
+
+
+_FALL_BACK_REACH = timedelta(hours=3)  # more than any zone's repeated stretch (2 h at most)
+
+
+def _second_pass(rule: "_WallRule", zone: ZoneInfo, after: datetime) -> datetime | None:
+    """The first run after ``after`` at the *second* instant of a repeated wall time
+    (policy ``twice``). Such a run belongs to a clock going back within a few hours of
+    ``after``; otherwise there is none."""
+    lo, hi = after - _FALL_BACK_REACH, after + _FALL_BACK_REACH
+    before, later = lo.astimezone(zone).utcoffset(), hi.astimezone(zone).utcoffset()
+    if before is None or later is None or later >= before:
+        return None  # no clock goes back around ``after``
+    change = _transition(lo, hi, zone)  # the first instant on the later offset
+    start = change.astimezone(zone).replace(tzinfo=None)  # the repeated stretch's walls
+    wall = max(start, after.astimezone(UTC).replace(tzinfo=None) + later + _TICK)
+    candidate = rule.first_at_or_after(wall)
+    if candidate is None or candidate >= start + (before - later):
+        return None
+    return (candidate - later).replace(tzinfo=UTC)
 
 
 # --- repeating rules: naive wall times --------------------------------------------------------

@@ -50,15 +50,19 @@ class Claim:
     event_uid: str = ""
     project_id: str = ""
     overlap: str = "skip"
+    nominal: int | None = None  # the sent occurrence's own time, when jitter moved it
+    max_runs: int | None = None
 
     def record(self, base: int) -> str:
-        """The claim as claim.lua reads it: ten fields separated by \x1f; ``base`` is
+        """The claim as claim.lua reads it: twelve fields separated by \x1f; ``base`` is
         the index (1-based) of its first key in KEYS."""
         send_id, send_at = self.send or ("", "")
         missed = " ".join(f"{iid} {at}" for iid, at in self.missed)
         next_at = "" if self.next_at is None else self.next_at
+        nominal = "" if self.nominal is None else self.nominal
+        max_runs = "" if self.max_runs is None else self.max_runs
         fields = (self.event_id, self.at, next_at, self.event_uid, self.project_id,
-                  self.overlap, send_id, send_at, missed, base)  # fmt: skip
+                  self.overlap, send_id, send_at, missed, base, nominal, max_runs)  # fmt: skip
         return "\x1f".join(map(str, fields))
 
     def keys(self, keys: Keys) -> list[str]:

@@ -280,6 +280,83 @@ def test_a_one_time_event_completes(any_store: Store) -> None:
     assert len(recorder.published) == 1
 
 
+def test_max_runs_completes_the_event_after_that_many_queued_occurrences(
+    any_store: Store,
+) -> None:
+    event_id = add(any_store, "every 1 mins", max_runs=2, overlap="allow")
+    recorder = Recorder()
+
+    for minute in range(4):
+        dispatch(any_store, recorder, T0 + 30 + 60 * minute)
+
+    assert len(recorder.published) == 2
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None and event.status == "completed" and event.scheduled_at is None
+    assert any_store.redis.zscore(any_store.keys.due(any_store.keys.shard_of(event_id)),
+                                  event_id) is None  # fmt: skip
+
+
+def test_a_skipped_occurrence_does_not_count_towards_max_runs(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 mins", max_runs=2)  # overlap skip: the first is live
+    recorder = Recorder()
+    for minute in range(3):
+        dispatch(any_store, recorder, T0 + 30 + 60 * minute)
+    statuses = [i.status for i in any_store.list_instances(event_id, 0, 10)[0]]
+    assert statuses == ["skipped", "skipped", "queued"]
+    assert any_store.event_by_id("p1", event_id).status == "activated"  # type: ignore[union-attr]
+
+
+def test_end_at_sends_its_last_occurrence_then_completes(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 mins", end_at=T0 + 90, overlap="allow")
+    recorder = Recorder()
+    for minute in range(3):
+        dispatch(any_store, recorder, T0 + 30 + 60 * minute)
+    instances, _ = any_store.list_instances(event_id, 0, 10)
+    assert sorted(i.scheduled_for for i in instances) == [T0 + 30, T0 + 90]
+    assert any_store.event_by_id("p1", event_id).status == "completed"  # type: ignore[union-attr]
+
+
+def test_start_at_holds_the_first_occurrence_back(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 mins", start_at=T0 + 3600)
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None and event.scheduled_at == T0 + 3630
+    assert dispatch(any_store, Recorder(), T0 + 1800) == 0
+
+
+def test_a_jittered_occurrence_is_sent_at_its_offset_and_keeps_its_own_time(
+    any_store: Store,
+) -> None:
+    event_id = add(any_store, "every 1 mins", jitter=50)
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None and event.scheduled_at is not None
+    fire = event.scheduled_at
+    nominal = fire - (fire - T0 - 30) % 60  # the minute boundary it belongs to
+    assert 0 <= fire - nominal < 50
+    if fire > nominal:  # not due at its own time, only at its offset
+        assert dispatch(any_store, Recorder(), fire - 1) == 0
+
+    dispatch(any_store, Recorder(), fire)
+
+    [instance], _ = any_store.list_instances(event_id, 0, 10)
+    assert (instance.scheduled_for, instance.nominal_for) == (
+        fire,
+        nominal if fire != nominal else None,
+    )
+    later = any_store.event_by_id("p1", event_id)
+    assert later is not None and later.scheduled_at is not None
+    assert 0 <= later.scheduled_at - (nominal + 60) < 50
+
+
+def test_changing_a_timing_policy_moves_the_next_run(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 mins")
+    event = any_store.event_by_id("p1", event_id)
+    assert event is not None
+    moved = update_event(any_store, event, EventChanges(start_at=T0 + 7200))
+    assert moved.scheduled_at == T0 + 7230 and moved.start_at == T0 + 7200
+    cleared = update_event(any_store, moved, EventChanges(cleared=frozenset({"start_at"})))
+    assert cleared.scheduled_at == T0 + 30 and cleared.start_at is None
+
+
 def test_an_execution_starts_once(any_store: Store) -> None:
     add(any_store, "every 1 mins")
     recorder = Recorder()

@@ -22,14 +22,17 @@
 -- ARGV[3]  "push" (KEYS[2] is the queue) or "pending"
 -- ARGV[4..6] "push": the task message template, its separator and room (prelude.lua's
 --          push_tasks); otherwise unused
--- ARGV[7]  the claims, one string: records separated by \30 (RS), each of 10 fields
+-- ARGV[7]  the claims, one string: records separated by \30 (RS), each of 12 fields
 --          separated by \31 (US) — one argument, so the client packs one string, not
 --          ten per claim (uids cannot hold control characters; the API refuses them):
 --          event id, scheduled epoch, next epoch ("" = none: the event is done),
 --          event uid, project id, overlap ("skip" | "allow"),
 --          instance id to send ("" = none), its scheduled epoch,
 --          missed occurrences ("" or "instance-id epoch instance-id epoch ..."),
---          the claim's key base b
+--          the claim's key base b,
+--          the nominal epoch of the occurrence sent when jitter moved it ("" = none),
+--          max_runs ("" = none): the event completes once it has queued that many
+--          occurrences (counted in its hash's "runs")
 -- Returns  a flat list: instance id, status ("queued" | "skipped" | "missed"), ...
 --          for every record written; nothing for claims that lost the race.
 
@@ -70,19 +73,14 @@ end
 
 local moves, removed, entries = {}, {}, {}
 for i, c in ipairs(claims) do
-  -- c: event id, scheduled, next, uid, project id, overlap, send id, send at, missed, base
+  -- c: event id, scheduled, next, uid, project id, overlap, send id, send at, missed, base,
+  --    nominal, max runs
   local score = scores[i]
   if score and tonumber(score) == tonumber(c[2]) then
     local base = tonumber(c[10])
     local event, instances, inflight = KEYS[base], KEYS[base + 1], KEYS[base + 2]
     local next_key = base + 3
-    if c[3] ~= '' then
-      moves[#moves + 1] = c[3]
-      moves[#moves + 1] = c[1]
-    else
-      removed[#removed + 1] = c[1]
-      redis.call('HSET', event, 'status', 'completed')
-    end
+    local done = c[3] == ''
     local send_id = c[7]
     local send_key
     if send_id ~= '' then
@@ -106,8 +104,21 @@ for i, c in ipairs(claims) do
         else
           redis.call('ZADD', KEYS[2], now, send_id)
         end
+        if c[12] ~= '' and redis.call('HINCRBY', event, 'runs', 1) >= tonumber(c[12]) then
+          done = true
+        end
       end
       write_instance(send_key, instances, c, send_id, c[8], status)
+      if c[11] ~= '' then
+        redis.call('HSET', send_key, 'nominal_for', c[11])
+      end
+    end
+    if done then
+      removed[#removed + 1] = c[1]
+      redis.call('HSET', event, 'status', 'completed')
+    else
+      moves[#moves + 1] = c[3]
+      moves[#moves + 1] = c[1]
     end
   end
 end
