@@ -278,9 +278,11 @@ def delete_schedule(project_id: str, schedule_id: str) -> Response:
     "triggerSchedule",
     summary="Trigger a schedule now",
     description='Runs the event now as an extra occurrence (`trigger: "manual"`); its '
-    '`scheduled_at` does not move. A broker failure answers 500 "Dispatcher error: '
-    '<reason>" and leaves no execution record.',
+    '`scheduled_at` does not move, unless the body says `{"skip_next": true}`: then its '
+    "next occurrence is skipped and `scheduled_at` moves one run on. A broker failure "
+    'answers 500 "Dispatcher error: <reason>" and leaves no execution record.',
     reply=s.Success,
+    body=s.TriggerBody,
     errors={
         "conflict": example(in_progress()),
         "dispatcher": example(
@@ -290,9 +292,10 @@ def delete_schedule(project_id: str, schedule_id: str) -> Response:
         ),
     },
 )
-def trigger_schedule(project_id: str, schedule_id: str) -> Response:
+def trigger_schedule(project_id: str, schedule_id: str, body: dict[str, Any]) -> Response:
     svc = services()
-    trigger(svc.store, svc.publisher, find_event(project_id, schedule_id))
+    event = find_event(project_id, schedule_id)
+    trigger(svc.store, svc.publisher, event, skip_next=body["skip_next"])
     return success()
 
 

@@ -311,6 +311,18 @@ class BulkSelector(Schema):
     )
 
 
+class TriggerBody(Schema):
+    """POST /{scheduleId}/trigger's optional body."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    skip_next = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Skip the next occurrence: run now instead of then."},
+    )
+
+
 class SendBody(Body):
     uid = fields.String(load_default=None, validate=UID)
     arguments = fields.Dict(required=True)

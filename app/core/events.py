@@ -101,15 +101,20 @@ def next_run(schedule: Schedule, now: datetime) -> int:
 ONLY_REPEATING = ("jitter", "start_at", "end_at", "max_runs")
 
 
+def timing_for(event: Event, now: datetime) -> Timing:
+    """The event's timing (its schedule was validated when it was written)."""
+    return timing_of(event.schedule, event.timezone, now=epoch(now), dst=event.dst,
+                     key=event.id, jitter=event.jitter, start_at=event.start_at,
+                     end_at=event.end_at)  # fmt: skip
+
+
 def place(event: Event, now: datetime) -> tuple[Timing | None, list[str]]:
     """Read the event's schedule with its timing policies, check them, and set its
     ``event_type`` and ``scheduled_at`` (and a one-time event's ``run_at``): the first
     run that fires after ``now``. Returns the timing, or None and what is wrong."""
     stamp = epoch(now)
     try:
-        timing = timing_of(event.schedule, event.timezone, now=stamp, dst=event.dst,
-                           key=event.id, jitter=event.jitter, start_at=event.start_at,
-                           end_at=event.end_at)  # fmt: skip
+        timing = timing_for(event, now)
     except InvalidSchedule as exc:
         field_name = "timezone" if "timezone" in exc.message.lower() else "schedule"
         return None, [f"{field_name}: {exc.message}"]
@@ -217,9 +222,16 @@ def create_events(
     return created
 
 
-def trigger(store: Store, publisher: Publisher, event: Event) -> Instance:
-    """Run the event now as an extra, manual occurrence; its regular schedule stays.
-    The overlap check and the record are one step: of two racing triggers, one wins."""
+def trigger(
+    store: Store, publisher: Publisher, event: Event, *, skip_next: bool = False
+) -> Instance:
+    """Run the event now as an extra, manual occurrence; its regular schedule stays, or
+    with ``skip_next`` its next occurrence is skipped (recorded ``skipped``): the one
+    after it is the next to run. The overlap check and the record are one step: of two
+    racing triggers, one wins."""
+    if skip_next and event.status != "activated":
+        state = "paused" if event.status == "suspend" else event.status
+        raise ValidationError(f"skip_next: the event is {state}: it has no next run to skip.")
     instance = Instance(
         id=store.keys.new_id(store.keys.shard_of(event.id)),  # in its event's shard
         project_id=event.project_id,
@@ -235,7 +247,28 @@ def trigger(store: Store, publisher: Publisher, event: Event) -> Instance:
         raise in_progress()
     if outcome is Enqueued.GONE:
         raise EventGone()
+    if skip_next:
+        store.edit_event(event.project_id, event.id, lambda current: _skipped_next(current, store))
     return instance
+
+
+def _skipped_next(event: Event, store: Store) -> Edit:
+    """The event with its next occurrence passed over: due at the one after it (a
+    one-time event, or one at its end, completes). The manual execution stands for it:
+    the skipped occurrence gets no record of its own."""
+    if event.status != "activated" or event.scheduled_at is None:
+        return Edit(event)  # paused or completed meanwhile: nothing to skip
+    now = store.now()
+    following = None
+    if event.event_type == "repeatable":
+        timing = timing_for(event, now)
+        following = timing.following(timing.nominal_of(event.scheduled_at))
+    if following is None:
+        event.status = "completed"
+    else:
+        event.scheduled_at = following.at
+    event.updated_at = epoch(now)
+    return Edit(event, reschedule=True)
 
 
 def send_message(
@@ -392,10 +425,7 @@ def resume(event: Event, now: datetime) -> None:
     elif event.resume_at is not None:
         event.scheduled_at = event.resume_at
     else:
-        timing = timing_of(event.schedule, event.timezone, now=epoch(now), dst=event.dst,
-                           key=event.id, jitter=event.jitter, start_at=event.start_at,
-                           end_at=event.end_at)  # fmt: skip
-        run = timing.first_after(event.suspended_at or epoch(now))
+        run = timing_for(event, now).first_after(event.suspended_at or epoch(now))
         if run is None:  # its end_at passed while it was paused
             event.status, event.suspended_at, event.resume_at = "completed", None, None
             return

@@ -285,3 +285,49 @@ def test_a_bulk_pause_by_label_stops_exactly_the_matching_events(
     assert all(sent(uid) >= running[uid] + 2 for uid in running)
     to_each = Counter(m.message["X-Sendbeat-Instance"] for m in smtp.messages)
     assert set(to_each.values()) == {1}
+
+
+def test_a_jittered_event_with_two_beats_sends_once_per_occurrence_at_its_offset(
+    web: Web, processes: Processes, smtp: SmtpSink
+) -> None:
+    create(web, "jittered", "every 10 secs", jitter=9, overlap="allow")
+    processes.worker(concurrency=4)
+    processes.beat("beat-a")
+    processes.beat("beat-b")
+
+    def sent() -> list[dict[str, Any]]:
+        return [i for i in web.instances("jittered") if i["status"] == "succeeded"]
+
+    assert wait_until(lambda: len(sent()) >= 3, timeout=60), processes.log_text()
+    time.sleep(2)
+    arrived = {m.message["X-Sendbeat-Instance"]: m.at for m in smtp.messages}
+    assert len(arrived) == len(smtp.messages)  # one email per execution
+    runs = sent()
+    nominal = [datetime.fromisoformat(i.get("nominal_for") or i["scheduled_for"]) for i in runs]
+    due = [datetime.fromisoformat(i["scheduled_for"]) for i in runs]
+    assert len(set(nominal)) == len(nominal)  # once per occurrence, whichever beat
+    assert all(n.second % 10 == 0 for n in nominal)
+    offsets = [(d - n).total_seconds() for d, n in zip(due, nominal, strict=True)]
+    assert all(0 <= offset < 9 for offset in offsets), offsets
+    # Each email leaves at its jittered time, not at the occurrence's own.
+    for run, at in zip(runs, due, strict=True):
+        assert at.timestamp() <= arrived[run["uid"]] < at.timestamp() + 3
+
+
+def test_max_runs_two_sends_twice_and_completes(
+    web: Web, processes: Processes, smtp: SmtpSink
+) -> None:
+    create(web, "twice", "every 2 secs", max_runs=2, overlap="allow")
+    processes.worker(concurrency=2)
+    processes.beat()
+
+    def status() -> str:
+        return str(web.call("get_scheduled_event", {"uid": "twice"}).get_json()["data"]["status"])
+
+    assert wait_until(lambda: status() == "completed", timeout=30), processes.log_text()
+    time.sleep(5)  # two more periods: nothing more
+    runs = web.instances("twice")
+    assert [i["trigger"] for i in runs] == ["schedule", "schedule"]
+    assert wait_until(lambda: len(smtp.messages) == 2, timeout=10)
+    record = web.call("get_scheduled_event", {"uid": "twice"}).get_json()["data"]
+    assert record["scheduled_at"] is None and record["max_runs"] == 2
