@@ -42,6 +42,7 @@ from app.core.errors import (
     ValidationError,
 )
 from app.core.events import (
+    backfill,
     bulk_action,
     create_events,
     delete_event,
@@ -367,3 +368,23 @@ def bulk_update_scheduled_events(data: dict[str, Any], project_id: str) -> Respo
     results = bulk_action(svc.store, svc.publisher, project_id, data["labels"], data["action"],
                           limit=svc.settings.batch_limit)  # fmt: skip
     return ok(None, {"results": results})
+
+
+@method(
+    "backfill_scheduled_event",
+    summary="Run the occurrences of a past range now",
+    description="Queues every occurrence of the event's schedule in `[start, end]` (a past "
+    'range, at most 1000 occurrences) to run now, in order, as executions with `"trigger": '
+    '"backfill"` and `scheduled_for` the occurrence\'s time. With overlap `skip` (the '
+    "event's own unless `overlap` says otherwise) each waits for the execution before it "
+    "to end; with `allow` they go one a second. Answers how many were queued.",
+    body=s.BackfillBody,
+    reply=s.BackfillReply,
+    errors={**_UNKNOWN_UID, "field": example(ValidationError(
+        "end: a backfill covers a past range; end is after now."), "x")},
+)  # fmt: skip
+def backfill_scheduled_event(data: dict[str, Any], project_id: str) -> Response:
+    store = services().store
+    event = store.event_by_uid(project_id, data["uid"])
+    queued = backfill(store, event, data["start"], data["end"], data["overlap"])
+    return ok(data["uid"], {"uid": data["uid"], "queued": queued})

@@ -38,6 +38,7 @@ from app.core.errors import (
 )
 from app.core.events import (
     BULK_ACTIONS,
+    backfill,
     bulk_action,
     delete_event,
     in_progress,
@@ -317,12 +318,35 @@ def pause_schedule(project_id: str, schedule_id: str) -> Response:
     "put",
     "resumeSchedule",
     summary="Resume a schedule",
-    description="Resumes the event (as update_scheduled_event's `status` does).",
+    description="Resumes the event (as update_scheduled_event's `status` does): the "
+    "occurrences that fell due while it was paused are recorded `missed`, but for what "
+    '`{"catchup": "latest"}` (the last of them) or `{"catchup": "all"}` (every one, in '
+    'order) sends; `"none"` is the default.',
     reply=s.Success,
+    body=s.ResumeBody,
 )
-def resume_schedule(project_id: str, schedule_id: str) -> Response:
-    set_paused(services().store, find_event(project_id, schedule_id), False)
+def resume_schedule(project_id: str, schedule_id: str, body: dict[str, Any]) -> Response:
+    event = find_event(project_id, schedule_id)
+    set_paused(services().store, event, False, catchup=body["catchup"])
     return success()
+
+
+@route(
+    "/{scheduleId}/backfill",
+    "post",
+    "backfillSchedule",
+    summary="Run the occurrences of a past range now",
+    description="Queues every occurrence in `[start, end]` (a past range, at most 1000) to "
+    'run now, in order, as executions with `"trigger": "backfill"`; with overlap `skip` '
+    "each waits for the one before it to end, with `allow` they go one a second. Answers "
+    "how many were queued.",
+    reply=s.Backfilled,
+    body=s.BackfillRange,
+)
+def backfill_schedule(project_id: str, schedule_id: str, body: dict[str, Any]) -> Response:
+    event = find_event(project_id, schedule_id)
+    queued = backfill(services().store, event, body["start"], body["end"], body["overlap"])
+    return jsonify({"queued": queued})
 
 
 @route(

@@ -9,7 +9,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
-from app.core.events import BULK_ACTIONS, EventChanges, EventSpec
+from app.core.events import BULK_ACTIONS, CATCHUP_POLICIES, EventChanges, EventSpec
 from app.core.records import InstanceStatus
 from app.core.schedules import DST_POLICIES
 
@@ -258,6 +258,12 @@ class UpdateBody(UidBody):
     timezone = fields.String(validate=validate.Length(min=1, max=64))
     metadata = fields.Nested(SendRequest)
     status = fields.String(validate=validate.OneOf(["active", "suspend"]))
+    catchup = fields.String(
+        validate=validate.OneOf(CATCHUP_POLICIES),
+        metadata={"description": 'With `"status": "active"`: what the resume sends of the '
+                  "occurrences that fell due while paused: `none` (the default), `latest` "
+                  "or `all` (in order, one at a time). The rest are recorded `missed`."},
+    )  # fmt: skip
     catchup_window = fields.Integer(strict=True, validate=validate.Range(min=0, max=366 * 86400))
     overlap = fields.String(validate=validate.OneOf(["skip", "allow"]))
     retries = fields.Integer(strict=True, validate=validate.Range(min=0, max=50))
@@ -323,6 +329,63 @@ class TriggerBody(Schema):
     )
 
 
+class ResumeBody(Schema):
+    """PUT /{scheduleId}/resume's optional body."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    catchup = fields.String(
+        load_default="none",
+        validate=validate.OneOf(CATCHUP_POLICIES),
+        metadata={"description": "What the resume sends of the occurrences that fell due "
+                  "while paused: `none`, `latest` or `all`."},
+    )  # fmt: skip
+
+
+def _moment(description: str) -> fields.AwareDateTime:
+    return fields.AwareDateTime(
+        required=True,
+        default_timezone=UTC,
+        validate=validate.Range(min=EARLIEST, max=LATEST),
+        metadata={"description": description + " ISO 8601; UTC when it names no offset."},
+    )
+
+
+def _backfill_overlap() -> fields.String:
+    return fields.String(
+        load_default=None,
+        validate=validate.OneOf(["skip", "allow"]),
+        metadata={"description": "`skip`: one at a time; `allow`: one a second. The "
+                  "event's own policy when left out."},
+    )  # fmt: skip
+
+
+class BackfillRange(Schema):
+    """The schedules dialect's backfill body: a past range to run now."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    start = _moment("The range's first moment.")
+    end = _moment("Its last moment (not after now).")
+    overlap = _backfill_overlap()
+
+
+class BackfillBody(UidBody):
+    start = _moment("The range's first moment.")
+    end = _moment("Its last moment (not after now).")
+    overlap = _backfill_overlap()
+
+
+class Backfilled(Schema):
+    queued = fields.Integer(required=True, metadata={"description": "Occurrences queued."})
+
+
+class BackfilledWithUid(Backfilled):
+    uid = fields.String(required=True)
+
+
 class SendBody(Body):
     uid = fields.String(load_default=None, validate=UID)
     arguments = fields.Dict(required=True)
@@ -368,7 +431,7 @@ class ScheduleListQuery(SchedulePage):
 
 EVENT_STATUSES = ["activated", "suspend", "completed"]
 EVENT_TYPES = ["repeatable", "one_time"]
-TRIGGERS = ["schedule", "manual", "api"]
+TRIGGERS = ["schedule", "manual", "api", "backfill"]
 INSTANCE_STATUSES = [status.value for status in InstanceStatus]
 MESSAGING_ERROR_CODES = [
     "bad_request",
@@ -607,6 +670,11 @@ class BulkResults(Schema):
 class BulkReply(Schema):
     response = fields.Nested(OkStatus, required=True)
     data = fields.Nested(BulkResults, required=True)
+
+
+class BackfillReply(Schema):
+    response = fields.Nested(OkStatus, required=True)
+    data = fields.Nested(BackfilledWithUid, required=True)
 
 
 class QueuedMessage(Schema):

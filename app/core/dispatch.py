@@ -46,7 +46,7 @@ def plan_claim(event: DueEvent, now: int, new_id: Callable[[], str] = new_id) ->
     following: Run | None = None
     if event.event_type == "repeatable":
         key = event.id if event.jitter > 1 else ""  # events without jitter share walks
-        runs, following = _occurrences(event.schedule, event.timezone, event.dst, key,
+        runs, following = occurrences(event.schedule, event.timezone, event.dst, key,
                                        event.jitter, event.start_at, event.end_at,
                                        event.scheduled_at, now)  # fmt: skip
     latest = runs[-1]
@@ -67,7 +67,7 @@ def plan_claim(event: DueEvent, now: int, new_id: Callable[[], str] = new_id) ->
 
 
 @lru_cache(maxsize=4096)
-def _occurrences(
+def occurrences(
     text: str,
     timezone: str,
     dst: str,
@@ -77,14 +77,14 @@ def _occurrences(
     end_at: int | None,
     scheduled_at: int,
     now: int,
+    keep: int = MAX_MISSED_PER_CLAIM + 1,
 ) -> tuple[tuple[Run, ...], Run | None]:
     """The runs from the one that fires at ``scheduled_at`` up to ``now`` — all of them,
-    or after a long outage only the latest ``MAX_MISSED_PER_CLAIM + 1`` — and the first
-    to fire after ``now``. Cached: the many events that share a schedule (and no jitter)
-    and fall due together cost one walk."""
+    or after a long outage only the latest ``keep`` — and the first to fire after
+    ``now``. Cached: the many events that share a schedule (and no jitter) and fall due
+    together cost one walk."""
     timing = timing_of(text, timezone, now=scheduled_at, dst=dst, key=key, jitter=jitter,
                        start_at=start_at, end_at=end_at)  # fmt: skip
-    keep = MAX_MISSED_PER_CLAIM + 1
     first = timing.run(timing.nominal_of(scheduled_at))
     if first.at != scheduled_at:  # a score no run has (the timing changed): it stands alone
         first = Run(scheduled_at, scheduled_at)
@@ -183,6 +183,11 @@ def _dispatch_shard(
         publisher.publish(queued)
         store.forget_pending(queued)
     _record_dispatch(store, shard, sends, written, now_ms / 1000)
+    # Past occurrences waiting to be sent one by one (a resume's catch-up, a backfill).
+    replayed = store.replay(shard, now_ms, new_id, limit=batch, queue=queue, tasks=tasks)
+    if queue is None and replayed:
+        publisher.publish(replayed)
+        store.forget_pending(replayed)
     return Dispatched(len(events), now_ms / 1000)
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
+from app.core.dispatch import MAX_MISSED_PER_CLAIM, occurrences
 from app.core.errors import (
     Conflict,
     DispatchError,
@@ -29,7 +31,7 @@ from app.core.records import Event, Instance, InstanceStatus, new_id
 from app.core.schedules import Schedule
 from app.core.scripts import Enqueued
 from app.core.store import Edit, Store
-from app.core.timing import Timing, shortest_gap, timing_of
+from app.core.timing import Run, Timing, shortest_gap, timing_of
 
 
 @dataclass(frozen=True)
@@ -339,6 +341,7 @@ class EventChanges:
     max_runs: int | None = None
     dst: str | None = None
     cleared: frozenset[str] = frozenset()  # of start_at, end_at, max_runs: given as null
+    catchup: str | None = None  # with status "active": CATCHUP_POLICIES
 
     def changes_timing(self) -> bool:
         timing = ("schedule", "timezone", "jitter", "start_at", "end_at", "dst")
@@ -350,11 +353,16 @@ def update_event(
     store: Store, event: Event, changes: EventChanges, *, limits: MessageLimits = DEFAULT_LIMITS
 ) -> Event:
     """Apply the changes; a new schedule or timezone recomputes the next run."""
-    return _edit(store, event, lambda current: _changed(current, changes, store.now(), limits))
+    new_id = partial(store.keys.new_id, store.keys.shard_of(event.id))  # the event's shard
+    return _edit(
+        store, event, lambda current: _changed(current, changes, store.now(), limits, new_id)
+    )
 
 
-def set_paused(store: Store, event: Event, paused: bool) -> Event:
-    return update_event(store, event, EventChanges(status="suspend" if paused else "active"))
+def set_paused(store: Store, event: Event, paused: bool, *, catchup: str | None = None) -> Event:
+    """Pause, or resume with a ``catchup`` policy (CATCHUP_POLICIES; "none" by default)."""
+    status = "suspend" if paused else "active"
+    return update_event(store, event, EventChanges(status=status, catchup=catchup))
 
 
 def delete_event(store: Store, event: Event) -> None:
@@ -373,10 +381,19 @@ def _edit(store: Store, event: Event, decide: Callable[[Event], Edit]) -> Event:
     return updated
 
 
-def _changed(event: Event, changes: EventChanges, now: datetime, limits: MessageLimits) -> Edit:
-    """What ``changes`` make of ``event`` (as read just now), validated."""
+def _changed(
+    event: Event,
+    changes: EventChanges,
+    now: datetime,
+    limits: MessageLimits,
+    new_id: Callable[[], str],
+) -> Edit:
+    """What ``changes`` make of ``event`` (as read just now), validated; ``new_id`` makes
+    ids for the records a resume writes."""
     stamp = epoch(now)
     errors: list[str] = []
+    if changes.catchup is not None and changes.status != "active":
+        errors.append('catchup: give it with "status": "active" (it says what a resume sends).')
     for name in ("schedule", "timezone", "jitter", "start_at", "end_at", "max_runs", "dst"):
         value = getattr(changes, name)
         if value is not None:
@@ -401,6 +418,7 @@ def _changed(event: Event, changes: EventChanges, now: datetime, limits: Message
         if value is not None:
             setattr(event, name, value)
     reschedule, park, cancel = schedule_changed, False, None
+    caught_up = CaughtUp()
     if schedule_changed and event.status == "completed":
         event.status = "activated"  # a finished one-time event given a new date runs again
     # Pausing or resuming a completed event changes nothing: its one run is over.
@@ -409,28 +427,103 @@ def _changed(event: Event, changes: EventChanges, now: datetime, limits: Message
         # Keep where the schedule stood, unless this very change gives it a new one.
         park, cancel = not schedule_changed, "paused"
     elif changes.status == "active" and event.status == "suspend":
-        resume(event, now)
+        caught_up = resume(event, now, changes.catchup or "none", new_id)
         reschedule = True
     event.updated_at = stamp
-    return Edit(event, reschedule=reschedule and not park, park=park, cancel=cancel)
+    return Edit(event, reschedule=reschedule and not park, park=park, cancel=cancel,
+                replay=caught_up.replay, missed=caught_up.missed)  # fmt: skip
 
 
-def resume(event: Event, now: datetime) -> None:
-    """Make the event due again from where it was paused: its first occurrence not yet
-    claimed when the pause landed (kept by park.lua). Beat then applies the misfire
-    policy: runs lost while paused are recorded ``missed``, and the latest is sent late
-    only when it is within the catch-up window."""
+CATCHUP_POLICIES = ("none", "latest", "all")
+CATCHUP_LIMIT = 100  # occurrences a resume with catchup "all" sends; older ones are missed
+BACKFILL_LIMIT = 1000  # occurrences one backfill may queue
+SENT_BY_CATCHUP = {"none": 0, "latest": 1, "all": CATCHUP_LIMIT}  # at most, of a paused period
+
+
+@dataclass(frozen=True)
+class CaughtUp:
+    """What a resume does about the occurrences that fell due while the event was paused:
+    the ones it sends (replay entries) and the ones it records missed."""
+
+    replay: tuple[str, ...] = ()
+    missed: tuple[tuple[str, int], ...] = ()
+
+
+def resume(event: Event, now: datetime, catchup: str, new_id: Callable[[], str]) -> CaughtUp:
+    """Make the event due again at its first run after ``now``. The occurrences that
+    fell due while it was paused (from where it stood when paused: its first occurrence
+    not yet claimed) are recorded ``missed``, but for what ``catchup`` sends: ``latest``
+    the last of them, ``all`` every one (the last CATCHUP_LIMIT), in order, one at a time
+    (replay.lua). After a very long pause the records stop at MAX_MISSED_PER_CLAIM."""
+    stamp = epoch(now)
+    timing = timing_for(event, now)
     if event.event_type == "one_time":
-        event.scheduled_at = event.run_at
-    elif event.resume_at is not None:
-        event.scheduled_at = event.resume_at
+        at = event.run_at or stamp
+        due: tuple[Run, ...] = (Run(at, at),) if at <= stamp else ()
+        following = None if due else Run(at, at)
     else:
-        run = timing_for(event, now).first_after(event.suspended_at or epoch(now))
-        if run is None:  # its end_at passed while it was paused
-            event.status, event.suspended_at, event.resume_at = "completed", None, None
-            return
-        event.scheduled_at = run.at
-    event.status, event.suspended_at, event.resume_at = "activated", None, None
+        first = event.resume_at
+        if first is None:
+            run = timing.first_after(event.suspended_at or stamp)
+            first = None if run is None else run.at
+        due, following = (), None
+        if first is not None and first <= stamp:
+            key = event.id if event.jitter > 1 else ""
+            keep = MAX_MISSED_PER_CLAIM + SENT_BY_CATCHUP[catchup]
+            due, following = occurrences(event.schedule, event.timezone, event.dst, key,
+                                         event.jitter, event.start_at, event.end_at, first,
+                                         stamp, keep)  # fmt: skip
+        elif first is not None:
+            following = timing.run(timing.nominal_of(first))
+    sent = SENT_BY_CATCHUP[catchup]
+    send = due[len(due) - sent :] if sent else ()
+    missed = due[: len(due) - len(send)][-MAX_MISSED_PER_CLAIM:]
+    if following is None:
+        event.status, event.scheduled_at = "completed", None
+    else:
+        event.status, event.scheduled_at = "activated", following.at
+    event.suspended_at, event.resume_at = None, None
+    return CaughtUp(
+        replay=tuple(f"schedule {event.overlap} {run.nominal} {run.at}" for run in send),
+        missed=tuple((new_id(), run.at) for run in missed),
+    )
+
+
+def backfill(
+    store: Store, event: Event, start: datetime, end: datetime, overlap: str | None = None
+) -> int:
+    """Queue the occurrences of ``[start, end]`` (a past range) to run now, in order,
+    one at a time (``trigger: "backfill"``; with overlap ``skip`` each waits for the one
+    before it, and for any other execution of the event, to end). Returns how many."""
+    now = store.now()
+    if end < start:
+        raise ValidationError("end: must not be before start.")
+    if end > now:
+        raise ValidationError("end: a backfill covers a past range; end is after now.")
+    if event.event_type == "one_time":
+        raise ValidationError(f"uid: {event.schedule!r} runs once: there is nothing to backfill.")
+    # The range is the caller's: the event's own bounds and jitter do not apply to it.
+    timing = timing_of(event.schedule, event.timezone, now=epoch(now), dst=event.dst)
+    nominals: list[int] = []
+    nominal = timing.nominal_after(epoch(start) - 1)
+    while nominal is not None and nominal <= epoch(end):
+        if len(nominals) == BACKFILL_LIMIT:
+            raise ValidationError(
+                f"start: the range holds more than {BACKFILL_LIMIT} occurrences; backfill at "
+                f"most {BACKFILL_LIMIT} at a time."
+            )
+        nominals.append(nominal)
+        nominal = timing.nominal_after(nominal)
+    entries = tuple(f"backfill {overlap or event.overlap} {n} {n}" for n in nominals)
+
+    def queue(current: Event) -> Edit:
+        if current.status == "suspend":
+            raise ValidationError("uid: the event is paused; resume it to backfill.")
+        return Edit(current, replay=entries)
+
+    if entries:
+        _edit(store, event, queue)
+    return len(entries)
 
 
 BULK_ACTIONS = ("pause", "resume", "trigger", "delete")

@@ -45,6 +45,8 @@ Per shard ``s`` (``{p:s}``; a project's indexes are split by the shard of each u
                                           not yet confirmed (a broker other than this Redis)
     {p:s}:retry                     ZSET  instance id -> when its retry is due (epoch ms)
     {p:s}:running                   ZSET  instance id -> end of its worker's lease (epoch ms)
+    {p:s}:replay                    ZSET  event id -> when beat next looks at its replay
+                                          list (epoch ms)
     {p:s}:project:{pid}:uids        HASH  event uid -> event id
     {p:s}:project:{pid}:events      ZSET  event id -> creation sequence number, for listing
     {p:s}:project:{pid}:message-uids ZSET send_message uid -> when it was used (epoch ms);
@@ -62,6 +64,9 @@ By id (in the shard the id names):
     {p:s}:event:{eid}:inflight      ZSET  instance id -> when its record expires (epoch ms):
                                           the executions queued, running or retrying (the
                                           overlap policy; what a pause or delete cancels)
+    {p:s}:event:{eid}:replay        LIST  past occurrences to send one at a time, in order
+                                          (a resume's catch-up, a backfill): "trigger overlap
+                                          nominal at" each (replay.lua)
     {p:s}:instance:{iid}            HASH  one execution record (§7), expires after the retention
 
 Times that decide something (due, leases, retries, the pending sweep) are read from
@@ -204,6 +209,9 @@ class Keys:
     def running(self, shard: int) -> str:
         return self._shard(shard, "running")
 
+    def replay(self, shard: int) -> str:
+        return self._shard(shard, "replay")
+
     def uids(self, project_id: str, shard: int) -> str:
         return self._shard(shard, f"project:{project_id}:uids")
 
@@ -232,6 +240,9 @@ class Keys:
 
     def event_inflight(self, event_id: str) -> str:
         return self._by_id(event_id, f"event:{event_id}:inflight")
+
+    def event_replay(self, event_id: str) -> str:
+        return self._by_id(event_id, f"event:{event_id}:replay")
 
     def instance(self, instance_id: str) -> str:
         return self._by_id(instance_id, f"instance:{instance_id}")

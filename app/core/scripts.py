@@ -130,7 +130,7 @@ class Scripts:
         self._replicas = replicas
         load = redis.register_script
         names = ("due", "fields", "claim", "release", "enqueue", "start", "hold", "retry",
-                 "finish", "cancel", "park", "late")  # fmt: skip
+                 "finish", "cancel", "park", "late", "replay")  # fmt: skip
         self._scripts = {name: load(_source(name)) for name in names}
 
     def _call(self, name: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
@@ -193,6 +193,33 @@ class Scripts:
         flat = self._call("claim", keys, args)
         values = [_text(v) for v in flat]
         return list(zip(values[::2], values[1::2], strict=True))
+
+    def replay(
+        self,
+        shard: int,
+        entries: list[tuple[str, str]],
+        *,
+        retention: int,
+        pace_ms: int,
+        queue: str | None,
+        tasks: Sequence[Any],
+    ) -> list[str]:
+        """Send the next occurrence of each event's replay list (``entries``: event id,
+        the id its execution gets); return the execution ids queued."""
+        if not entries:
+            return []
+        keys = [self._keys.replay(shard), queue or self._keys.pending(shard),
+                self._keys.metrics_executions(shard)]  # fmt: skip
+        records = []
+        for event_id, instance_id in entries:
+            records.append(f"{event_id}\x1f{instance_id}\x1f{len(keys) + 1}")
+            keys += [self._keys.event(event_id), self._keys.event_inflight(event_id),
+                     self._keys.event_instances(event_id), self._keys.event_replay(event_id),
+                     self._keys.instance(instance_id)]  # fmt: skip
+        template, separator, room = tasks if queue else ("", "", 0)
+        mode = "push" if queue else "pending"
+        args = [retention, mode, template, separator, room, pace_ms, "\x1e".join(records)]
+        return [_text(i) for i in self._call("replay", keys, args)]
 
     def release(
         self,

@@ -32,6 +32,7 @@ from app.core.records import (
     DueEvent,
     Event,
     Instance,
+    InstanceStatus,
     Project,
     new_id,
 )
@@ -40,6 +41,7 @@ from app.core.scripts import Claim, Enqueued, Held, Scripts, Start
 KEY_PREFIX_CHARS = 12
 STAGED = "staged"  # an event hash field: written by a batch create not yet committed
 BATCH_GRACE = 30.0  # seconds after which beat settles a batch create left half done
+REPLAY_PACE_MS = 1000  # an event's catch-up or backfill sends at most one occurrence a second
 
 
 def key_digest(key: str) -> str:
@@ -60,6 +62,9 @@ class Edit:
     park: bool = False  # it is paused: out of the due index, its due time kept
     delete: bool = False
     cancel: str | None = None  # "paused" | "deleted": stop its in-flight executions
+    # Past occurrences to send one at a time (replay.lua): "trigger overlap nominal at".
+    replay: tuple[str, ...] = ()
+    missed: tuple[tuple[str, int], ...] = ()  # (instance id, scheduled_for) to record missed
 
 
 class Store:
@@ -401,6 +406,11 @@ class Store:
         event = edit.event
         if edit.cancel:
             self.scripts.cancel(event.id, inflight, edit.cancel, client=pipe)
+            self._drop_replay(pipe, event.id)
+        self._record_missed(pipe, event, edit.missed)
+        if edit.replay:
+            pipe.rpush(self.keys.event_replay(event.id), *edit.replay)
+            pipe.zadd(self.keys.replay(self.keys.shard_of(event.id)), {event.id: 0})
         if edit.delete:
             self._delete(pipe, event)
         elif edit.park:
@@ -414,6 +424,40 @@ class Store:
             # occurrence twice.
             self._put_event(pipe, event)
         return False
+
+    def _drop_replay(self, pipe: Any, event_id: str) -> None:
+        pipe.delete(self.keys.event_replay(event_id))
+        pipe.zrem(self.keys.replay(self.keys.shard_of(event_id)), event_id)
+
+    def _record_missed(self, pipe: Any, event: Event, missed: tuple[tuple[str, int], ...]) -> None:
+        """Execution records of occurrences that were not sent (as claim.lua writes them)."""
+        stamp = int(self.now().timestamp())
+        for instance_id, at in missed:
+            key = self.keys.instance(instance_id)
+            pipe.hset(key, mapping={"event_id": event.id, "event_uid": event.uid,
+                                    "project_id": event.project_id, "trigger": "schedule",
+                                    "status": InstanceStatus.MISSED, "scheduled_for": at,
+                                    "enqueued_at": stamp, "completed_at": stamp})  # fmt: skip
+            pipe.expire(key, self.retention)
+            pipe.zadd(self.keys.event_instances(event.id), {instance_id: at})
+        if missed:
+            shard = self.keys.shard_of(event.id)
+            pipe.hincrby(self.keys.metrics_executions(shard), InstanceStatus.MISSED, len(missed))
+
+    def replay(
+        self, shard: int, now_ms: int, new_id: Callable[[], str], *, limit: int,
+        queue: str | None = None, tasks: Sequence[Any] = (),
+    ) -> list[str]:  # fmt: skip
+        """Send the next waiting occurrence of each event of ``shard`` whose replay list
+        is due by ``now_ms`` (Redis' time); return the execution ids queued."""
+        due = self.redis.zrangebyscore(self.keys.replay(shard), "-inf", now_ms, 0, limit)
+        entries = [(event_id, new_id()) for event_id in due]
+        return self.scripts.replay(shard, entries, retention=self.retention,
+                                   pace_ms=REPLAY_PACE_MS, queue=queue, tasks=tasks)  # fmt: skip
+
+    def replay_waiting(self, event_id: str) -> int:
+        """How many past occurrences of the event wait to be sent."""
+        return int(self.redis.llen(self.keys.event_replay(event_id)))
 
     def _put_event(self, pipe: Any, event: Event) -> None:
         fields = event.to_hash()
@@ -454,6 +498,7 @@ class Store:
         pipe.zrem(self.keys.project_events(event.project_id, shard), event.id)
         pipe.expire(self.keys.event_instances(event.id), self.retention)
         pipe.expire(self.keys.event_inflight(event.id), self.retention)
+        self._drop_replay(pipe, event.id)
 
     def event_by_uid(self, project_id: str, uid: str) -> Event:
         shard = self.keys.uid_shard(project_id, uid)

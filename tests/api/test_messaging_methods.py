@@ -50,7 +50,12 @@ def test_suspend_then_active(api: Api, clock: list) -> None:
     clock[0] += timedelta(minutes=20)
     resumed = api.call("update_scheduled_event", {"uid": "ev", "status": "active"})
     data = resumed.get_json()["data"]
-    assert (data["status"], data["scheduled_at"]) == ("activated", "2019-01-04T21:00:00+00:00")
+    # 21:00 fell due while paused: recorded missed, not sent (catchup "none").
+    assert (data["status"], data["scheduled_at"]) == ("activated", "2019-01-04T22:00:00+00:00")
+    runs = api.call("list_scheduled_event_instances", {"uid": "ev"}).get_json()["data"]
+    assert [(i["status"], i["scheduled_for"]) for i in runs["scheduled_event_instances"]] == [
+        ("missed", "2019-01-04T21:00:00+00:00")
+    ]
 
 
 def test_suspending_cancels_queued_executions(api: Api) -> None:

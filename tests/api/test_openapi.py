@@ -27,6 +27,7 @@ MESSAGING_METHODS = {
     "list_scheduled_events",
     "list_scheduled_event_instances",
     "bulk_update_scheduled_events",
+    "backfill_scheduled_event",
 }
 BASE = "/api/unstable/schedules"
 SCHEDULES_PATHS = {
@@ -37,6 +38,7 @@ SCHEDULES_PATHS = {
     BASE + "/{scheduleId}/resume": {"put"},
     BASE + "/{scheduleId}/recipients": {"get"},
     BASE + "/{scheduleId}/executions": {"get"},
+    BASE + "/{scheduleId}/backfill": {"post"},
     **{f"{BASE}/bulk/{action}": {"post"} for action in ("pause", "resume", "trigger", "delete")},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

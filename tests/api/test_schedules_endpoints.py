@@ -18,6 +18,7 @@ PATHS = {
     "/{id}/resume": {"PUT"},
     "/{id}/recipients": {"GET"},
     "/{id}/executions": {"GET"},
+    "/{id}/backfill": {"POST"},
     **{f"/bulk/{action}": {"POST"} for action in ("pause", "resume", "trigger", "delete")},
 }
 
@@ -42,7 +43,13 @@ def test_every_path_404s_for_an_unknown_id(api: Api, path: str) -> None:
     missing = str(uuid.uuid4())
     [verb] = sorted(PATHS[path])[:1]
 
-    response = api.client.open(BASES[1] + path.format(id=missing), method=verb, headers=api.auth())
+    body = {"start": "2019-01-01T00:00:00Z", "end": "2019-01-01T01:00:00Z"}  # a valid one
+    response = api.client.open(
+        BASES[1] + path.format(id=missing),
+        method=verb,
+        headers=api.auth(),
+        json=body if path.endswith("/backfill") else None,
+    )
 
     assert response.status_code == 404
     assert response.get_json() == problem(404, f"Scheduled task with id {missing} does not exist")

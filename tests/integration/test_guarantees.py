@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -331,3 +331,59 @@ def test_max_runs_two_sends_twice_and_completes(
     assert wait_until(lambda: len(smtp.messages) == 2, timeout=10)
     record = web.call("get_scheduled_event", {"uid": "twice"}).get_json()["data"]
     assert record["scheduled_at"] is None and record["max_runs"] == 2
+
+
+def test_resume_with_catchup_latest_sends_the_last_missed_run_once(
+    web: Web, processes: Processes, smtp: SmtpSink
+) -> None:
+    create(web, "paused", "every 2 secs", overlap="allow")
+    web.call("update_scheduled_event", {"uid": "paused", "status": "suspend"})
+    processes.worker(concurrency=2)
+    processes.beat()
+    time.sleep(7)  # three or four occurrences fall due while it is paused
+    resumed_at = datetime.now(UTC)
+    body = {"uid": "paused", "status": "active", "catchup": "latest"}
+    assert web.call("update_scheduled_event", body).status_code == 200
+
+    def paused_runs() -> list[dict[str, Any]]:
+        runs = web.instances("paused")
+        return [i for i in runs if datetime.fromisoformat(i["scheduled_for"]) < resumed_at]
+
+    def caught_up() -> bool:
+        return any(i["status"] == "succeeded" for i in paused_runs())
+
+    assert wait_until(caught_up, timeout=20), processes.log_text()
+    time.sleep(3)
+    runs = sorted(paused_runs(), key=lambda i: i["scheduled_for"])
+    assert len(runs) >= 3
+    assert [i["status"] for i in runs] == ["missed"] * (len(runs) - 1) + ["succeeded"]
+    sent = {m.message["X-Sendbeat-Instance"] for m in smtp.messages}
+    assert runs[-1]["uid"] in sent and not {i["uid"] for i in runs[:-1]} & sent
+
+
+def test_a_backfill_of_five_occurrences_sends_five_in_order(
+    web: Web, processes: Processes, smtp: SmtpSink
+) -> None:
+    create(web, "hourly", "every 60 mins")
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    start, end = hour - timedelta(hours=5), hour - timedelta(seconds=1)
+    body = {"uid": "hourly", "start": start.isoformat(), "end": end.isoformat()}
+    response = web.call("backfill_scheduled_event", body)
+    assert response.get_json()["data"] == {"uid": "hourly", "queued": 5}
+    processes.worker(concurrency=4)
+    processes.beat()
+
+    def backfilled() -> list[dict[str, Any]]:
+        return [i for i in web.instances("hourly") if i["trigger"] == "backfill"]
+
+    assert wait_until(
+        lambda: [i["status"] for i in backfilled()] == ["succeeded"] * 5, timeout=30
+    ), processes.log_text()
+    runs = sorted(backfilled(), key=lambda i: i["scheduled_for"])
+    assert [datetime.fromisoformat(i["scheduled_for"]) for i in runs] == [
+        start + timedelta(hours=n) for n in range(5)
+    ]
+    # Overlap skip: one after another, in the range's order.
+    arrived = {m.message["X-Sendbeat-Instance"]: m.at for m in smtp.messages}
+    times = [arrived[i["uid"]] for i in runs]
+    assert times == sorted(times) and len(smtp.messages) == 5

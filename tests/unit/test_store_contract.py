@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -22,9 +22,11 @@ from redis.crc import key_slot
 from app.core.dispatch import MAX_MISSED_PER_CLAIM, dispatch_due, plan_claim, release_waiting
 from app.core.errors import Conflict, EventGone, UidTaken
 from app.core.events import (
+    CATCHUP_LIMIT,
     Defaults,
     EventChanges,
     EventSpec,
+    backfill,
     create_events,
     delete_event,
     send_message,
@@ -506,25 +508,122 @@ def test_pausing_and_resuming_a_completed_event_changes_nothing(any_store: Store
     assert any_store.list_instances(event_id, 0, 10)[1] == 1
 
 
-def test_an_occurrence_due_but_unclaimed_when_paused_is_recorded_on_resume(
+def paused_through_three_runs(store: Store, catchup: str, **extra: object) -> str:
+    """An event paused before beat claimed its first run (T0 + 30) and resumed at
+    T0 + 200 with ``catchup``: T0 + 30, + 90 and + 150 fell due while it was paused."""
+    event_id = add(store, "every 1 mins", **extra)
+    event = store.event_by_id("p1", event_id)
+    assert event is not None
+    at(store, T0 + 31)  # beat had not claimed T0 + 30 (it was down, or had not ticked)
+    set_paused(store, event, True)
+    at(store, T0 + 200)
+    resumed = set_paused(store, event, False, catchup=catchup)
+    assert resumed.scheduled_at == T0 + 210  # the schedule goes on from now
+    return event_id
+
+
+def runs(store: Store, event_id: str) -> dict[int, tuple[str, str]]:
+    instances, _ = store.list_instances(event_id, 0, 100)
+    return {i.scheduled_for: (i.status, i.trigger) for i in instances}
+
+
+def test_resuming_records_what_fell_due_while_paused_and_by_default_sends_none(
     any_store: Store,
 ) -> None:
-    event_id = add(any_store, "every 1 mins")  # first run at T0 + 30
-    event = any_store.event_by_id("p1", event_id)
-    assert event is not None
-    # Beat has not claimed T0 + 30 yet (it was down, or had not ticked) when the pause lands.
-    at(any_store, T0 + 31)
-    set_paused(any_store, event, True)
-    at(any_store, T0 + 200)
-    resumed = set_paused(any_store, event, False)
-    assert resumed.scheduled_at == T0 + 30
-
+    event_id = paused_through_three_runs(any_store, "none")
     recorder = Recorder()
     dispatch(any_store, recorder, T0 + 201)
+    assert recorder.published == []
+    missed = ("missed", "schedule")
+    assert runs(any_store, event_id) == {T0 + 30: missed, T0 + 90: missed, T0 + 150: missed}
 
-    instances, _ = any_store.list_instances(event_id, 0, 10)
-    by_time = {i.scheduled_for: i.status for i in instances}
-    assert by_time == {T0 + 30: "missed", T0 + 90: "missed", T0 + 150: "queued"}
+
+def test_resuming_with_catchup_latest_sends_the_last_missed_run_once(any_store: Store) -> None:
+    event_id = paused_through_three_runs(any_store, "latest")
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 201)
+    dispatch(any_store, recorder, T0 + 205)
+    assert len(recorder.published) == 1
+    missed = ("missed", "schedule")
+    assert runs(any_store, event_id) == {T0 + 30: missed, T0 + 90: missed,
+                                         T0 + 150: ("queued", "schedule")}  # fmt: skip
+
+
+def test_resuming_with_catchup_all_sends_every_missed_run_in_order_one_a_second(
+    any_store: Store,
+) -> None:
+    event_id = paused_through_three_runs(any_store, "all", overlap="allow")
+    recorder = Recorder()
+    for moment in (T0 + 201, T0 + 201.5, T0 + 202.1, T0 + 203.2, T0 + 204.3):
+        dispatch(any_store, recorder, moment)
+        if moment == T0 + 201.5:
+            assert len(recorder.published) == 1  # paced: not two in one second
+    assert len(recorder.published) == 3
+    by_id = {i.id: i.scheduled_for for i in any_store.list_instances(event_id, 0, 10)[0]}
+    assert [by_id[iid] for iid in recorder.published] == [T0 + 30, T0 + 90, T0 + 150]
+    assert any_store.replay_waiting(event_id) == 0
+
+
+def test_catchup_all_with_overlap_skip_waits_for_each_run_to_end(any_store: Store) -> None:
+    paused_through_three_runs(any_store, "all")
+    recorder = Recorder()
+    for second in range(1, 6):
+        dispatch(any_store, recorder, T0 + 200 + second)
+    assert len(recorder.published) == 1  # the first is still queued: the next waits
+    first = recorder.published[0]
+    _, token = started(any_store, first, T0 + 206)
+    assert any_store.finish(any_store.instance(first), token, "succeeded")  # type: ignore[arg-type]
+    dispatch(any_store, recorder, T0 + 207)
+    assert len(recorder.published) == 2
+
+
+def test_a_long_pause_with_catchup_all_sends_the_last_hundred_and_records_the_rest(
+    any_store: Store,
+) -> None:
+    event_id = add(any_store, "every 1 mins", overlap="allow")
+    event = any_store.event_by_id("p1", event_id)
+    at(any_store, T0 + 1)
+    set_paused(any_store, event, True)  # type: ignore[arg-type]
+    at(any_store, T0 + 30 + 249 * 60)  # 250 occurrences fell due (the last just now)
+    set_paused(any_store, any_store.event_by_id("p1", event_id), False, catchup="all")  # type: ignore[arg-type]
+
+    assert any_store.replay_waiting(event_id) == CATCHUP_LIMIT
+    instances, total = any_store.list_instances(event_id, 0, 1000)
+    # The 150 before the last 100 are missed; their records stop at the latest 100.
+    assert total == MAX_MISSED_PER_CLAIM == 100
+    assert {i.status for i in instances} == {"missed"}
+    assert sorted(i.scheduled_for for i in instances) == [T0 + 30 + 60 * n for n in range(50, 150)]
+
+
+@pytest.mark.parametrize("overlap", ["skip", "allow"])
+def test_a_backfill_runs_its_range_in_order_by_its_overlap_policy(
+    any_store: Store, overlap: str
+) -> None:
+    event_id = add(any_store, "every 1 mins")
+    event = any_store.event_by_id("p1", event_id)
+    start = datetime.fromtimestamp(T0 - 3600, UTC)  # 09:00:30: 09:01 ... 09:05
+    queued = backfill(any_store, event, start, start + timedelta(minutes=5), overlap)  # type: ignore[arg-type]
+    assert queued == 5
+    recorder = Recorder()
+    for second in range(1, 8):
+        dispatch(any_store, recorder, T0 + second)
+    expected = 1 if overlap == "skip" else 5  # skip: the first is still queued
+    assert len(recorder.published) == expected
+    by_id = {i.id: i for i in any_store.list_instances(event_id, 0, 10)[0]}
+    assert [by_id[iid].scheduled_for for iid in recorder.published] == [
+        T0 - 3600 + 30 + 60 * n for n in range(expected)
+    ]
+    assert {by_id[iid].trigger for iid in recorder.published} == {"backfill"}
+
+
+def test_a_pause_drops_what_a_catchup_had_left_to_send(any_store: Store) -> None:
+    event_id = paused_through_three_runs(any_store, "all", overlap="allow")
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 201)
+    set_paused(any_store, any_store.event_by_id("p1", event_id), True)  # type: ignore[arg-type]
+    assert any_store.replay_waiting(event_id) == 0
+    dispatch(any_store, recorder, T0 + 205)
+    assert len(recorder.published) == 1
 
 
 def test_a_paused_event_can_still_be_triggered_by_hand(any_store: Store) -> None:
