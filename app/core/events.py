@@ -420,7 +420,8 @@ def _changed(
     reschedule, park, cancel = schedule_changed, False, None
     caught_up = CaughtUp()
     if schedule_changed and event.status == "completed":
-        event.status = "activated"  # a finished one-time event given a new date runs again
+        # A finished event given a new schedule runs again, its max_runs counted afresh.
+        event.status, event.runs = "activated", 0
     # Pausing or resuming a completed event changes nothing: its one run is over.
     if changes.status == "suspend" and event.status == "activated":
         event.status, event.suspended_at = "suspend", stamp

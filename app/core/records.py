@@ -146,6 +146,8 @@ class Event:
             fields["resume_at"] = self.resume_at
         if not self.jitter:
             del fields["jitter"]
+        if self.runs:  # edits WATCH the hash: a count claim.lua added meanwhile is never lost
+            fields["runs"] = self.runs
         for name in ("start_at", "end_at", "max_runs"):
             if getattr(self, name) is not None:
                 fields[name] = getattr(self, name)
@@ -162,7 +164,7 @@ class Event:
     def cleared() -> tuple[str, ...]:
         """Fields ``to_hash`` leaves out when unset, to delete on rewrite."""
         return ("suspended_at", "run_at", "resume_at", "labels", "jitter", "start_at", "end_at",
-                "max_runs", "updated_at", *FIXED_DEFAULTS)  # fmt: skip
+                "max_runs", "runs", "updated_at", *FIXED_DEFAULTS)  # fmt: skip
 
     @classmethod
     def from_hash(

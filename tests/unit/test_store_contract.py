@@ -298,6 +298,19 @@ def test_max_runs_completes_the_event_after_that_many_queued_occurrences(
                                   event_id) is None  # fmt: skip
 
 
+def test_a_completed_event_given_a_new_schedule_counts_max_runs_afresh(any_store: Store) -> None:
+    event_id = add(any_store, "every 1 mins", max_runs=1, overlap="allow")
+    recorder = Recorder()
+    dispatch(any_store, recorder, T0 + 30)
+    done = any_store.event_by_id("p1", event_id)
+    assert done is not None and done.status == "completed" and done.runs == 1
+    again = update_event(any_store, done, EventChanges(schedule="every 2 mins"))
+    assert again.status == "activated" and again.runs == 0
+    dispatch(any_store, recorder, T0 + 90)
+    assert len(recorder.published) == 2
+    assert any_store.event_by_id("p1", event_id).status == "completed"  # type: ignore[union-attr]
+
+
 def test_a_skipped_occurrence_does_not_count_towards_max_runs(any_store: Store) -> None:
     event_id = add(any_store, "every 1 mins", max_runs=2)  # overlap skip: the first is live
     recorder = Recorder()
