@@ -87,6 +87,25 @@ def rotate_key(name: str) -> None:
     click.echo(key)
 
 
+@project_cli.command("webhook-secret")
+@click.argument("name")
+@click.option("--rotate", is_flag=True, help="Make a new secret; the old one stops verifying.")
+def webhook_secret(name: str, rotate: bool) -> None:
+    """Print the secret NAME's webhook deliveries are signed with (made on first use),
+    alone on the last line; --rotate makes a new one."""
+    store = _store()
+    project = store.project_by_name(name)
+    if project is None:
+        raise click.ClickException(f"No project named {name!r}.")
+    if rotate:
+        secret = store.rotate_webhook_secret(project.id)
+        click.echo(f"Rotated the webhook secret of {name}; deliveries from now on are signed with:")
+    else:
+        secret = store.webhook_secret(project.id)
+        click.echo(f"Webhook deliveries of {name} are signed with (Standard Webhooks):")
+    click.echo(secret)
+
+
 @project_cli.command("revoke-key")
 @click.argument("key_prefix")
 def revoke_key(key_prefix: str) -> None:

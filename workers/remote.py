@@ -121,7 +121,7 @@ def download(
     that every hop's scheme and address is checked again."""
     current = url
     for _ in range(settings.ref_max_redirects + 1):
-        with _request(current, method, accept, settings, headers) as response:
+        with open_request(current, method, accept, settings, headers) as response:
             location = response.headers.get("location")
             if response.status_code in REDIRECT_STATUSES and location:
                 current = urljoin(current, location)
@@ -141,30 +141,40 @@ def _redirected_method(method: str, status: int) -> str:
 
 
 @contextmanager
-def _request(
-    url: str, method: str, accept: str, settings: Settings, headers: Mapping[str, str | bytes]
+def open_request(
+    url: str,
+    method: str,
+    accept: str,
+    settings: Settings,
+    headers: Mapping[str, str | bytes],
+    *,
+    data: bytes | None = None,
+    what: str = "$ref",
+    agent: str = USER_AGENT,
 ) -> Iterator[requests.Response]:
+    """One request to the address ``url``'s host resolves to, once checked (``what``
+    names the URL in errors: "$ref" or "webhook")."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PermanentDeliveryError(f"$ref {url} refused: only http and https URLs are fetched")
+        raise PermanentDeliveryError(f"{what} {url} refused: only http and https URLs are fetched")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise PermanentDeliveryError(f"$ref {url} refused: the port is not valid") from None
-    address = pinned_address(parts.hostname, port, url, settings)
+        raise PermanentDeliveryError(f"{what} {url} refused: the port is not valid") from None
+    address = pinned_address(parts.hostname, port, url, settings, what=what)
     ours = {
         "Host": parts.netloc.rsplit("@", 1)[-1],
         "Accept": accept,
         "Accept-Encoding": "identity",
-        "User-Agent": USER_AGENT,
+        "User-Agent": agent,
     }
-    request = requests.Request(method, url, headers={**headers, **ours}).prepare()
+    request = requests.Request(method, url, headers={**headers, **ours}, data=data).prepare()
     adapter = PinnedAdapter(address, parts.hostname)
     try:
         response = adapter.send(request, stream=True, timeout=settings.ref_timeout)
     except requests.RequestException as error:
         adapter.close()
-        raise _request_error(error, url, settings) from error
+        raise _request_error(error, url, settings, what) from error
     try:
         yield response
     finally:
@@ -194,19 +204,23 @@ class PinnedAdapter(HTTPAdapter):
         return {**host_params, "host": self._address}, pinned
 
 
-def pinned_address(host: str, port: int, url: str, settings: Settings) -> str:
+def pinned_address(
+    host: str, port: int, url: str, settings: Settings, *, what: str = "$ref"
+) -> str:
     """Resolve ``host`` once; refuse it when any address it resolves to is not public."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
-        raise TransientDeliveryError(f"$ref {url} failed: cannot resolve {host}: {error}") from None
+        raise TransientDeliveryError(
+            f"{what} {url} failed: cannot resolve {host}: {error}"
+        ) from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not settings.allow_private_refs:
         for address in addresses:
             kind = refusal(address)
             if kind is not None:
                 raise PermanentDeliveryError(
-                    f"$ref {url} refused: {address} is {kind} address ({ALLOW_HINT})"
+                    f"{what} {url} refused: {address} is {kind} address ({ALLOW_HINT})"
                 )
     return addresses[0]
 
@@ -294,18 +308,18 @@ def _read_capped(response: requests.Response, url: str, settings: Settings) -> b
 
 
 def _request_error(
-    error: requests.RequestException, url: str, settings: Settings
+    error: requests.RequestException, url: str, settings: Settings, what: str = "$ref"
 ) -> TransientDeliveryError | PermanentDeliveryError:
     if isinstance(error, _PERMANENT_REQUEST_ERRORS):
-        return PermanentDeliveryError(f"$ref {url} refused: {error}")
+        return PermanentDeliveryError(f"{what} {url} refused: {error}")
     if isinstance(error, requests.Timeout) or "timed out" in str(error).lower():
-        return _timed_out(url, settings)
-    return TransientDeliveryError(f"$ref {url} failed: {error}")
+        return _timed_out(url, settings, what)
+    return TransientDeliveryError(f"{what} {url} failed: {error}")
 
 
-def _timed_out(url: str, settings: Settings) -> TransientDeliveryError:
+def _timed_out(url: str, settings: Settings, what: str = "$ref") -> TransientDeliveryError:
     return TransientDeliveryError(
-        f"$ref {url} failed: timed out after {settings.ref_timeout:g}s (SENDBEAT_REF_TIMEOUT)"
+        f"{what} {url} failed: timed out after {settings.ref_timeout:g}s (SENDBEAT_REF_TIMEOUT)"
     )
 
 

@@ -30,18 +30,23 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app.core import logs
 from app.core.clock import from_timestamp
 from app.core.errors import InvalidMessage, PermanentDeliveryError, TransientDeliveryError
-from app.core.message import render
+from app.core.message import render, validate_arguments
 from app.core.publisher import reason
 from app.core.records import Instance, InstanceStatus
 from app.core.scripts import Held, Start, Started
 from app.core.settings import Settings
 from app.core.store import Store
+from app.core.webhook import render_body
 from workers.remote import resolve_refs
 from workers.transport import SendResult, Transport
+from workers.webhooks import deliver as deliver_webhook
 
 log = logging.getLogger("sendbeat.worker")
 
 ERROR_CHARS = 500  # an error stored in a record is for reading, not a dump
+# In an execution's ``delivered`` (beside the recipients' addresses): its webhook got a
+# 2xx, so no later attempt posts it again.
+WEBHOOK_SENT = "webhook"
 # How long a worker waits for Redis to answer before it gives a task back to the broker.
 START_PATIENCE = 30.0
 FRESH = 1.0  # seconds after a confirmed hold during which another would tell nothing new
@@ -256,7 +261,8 @@ def _run(
         result = _deliver(attempt, transport, settings, arguments)
     except TransientDeliveryError as exc:
         if int(attempt.token) <= retries:
-            delay, error = backoff(int(attempt.token)), exc.message
+            delay = backoff(int(attempt.token)) if exc.retry_after is None else exc.retry_after
+            error = exc.message
             if attempt.patiently(
                 lambda: store.retry(
                     instance.id, attempt.token, delay=delay, error=error, took=attempt.took()
@@ -338,6 +344,29 @@ def _deliver(
     resolved = resolve_refs(arguments, settings=settings)
     if not isinstance(resolved, dict):
         raise InvalidMessage("arguments: expected an object")
+    validate_arguments(resolved, limits=settings.message_limits)
+    if "recipients" in resolved:  # with a webhook, email is optional
+        _send_email(attempt, transport, settings, resolved)
+    webhook = resolved.get("webhook")
+    if webhook is not None and WEBHOOK_SENT not in instance.delivered:
+        if attempt.sent or not attempt.fresh():
+            attempt.hold(instance.delivered, instance.result)
+        body = render_body(webhook.get("body"), resolved.get("variables") or {})
+        answer = deliver_webhook(
+            webhook,
+            body,
+            message_id=instance.id,  # the same on every attempt: the receiver's idempotency key
+            timestamp=int(attempt.begun.timestamp()),
+            secret=attempt.store.webhook_secret(instance.project_id),
+            settings=settings,
+        )
+        instance.delivered.append(WEBHOOK_SENT)
+        instance.result = {**_merge(instance.result, None), "webhook": answer}
+    return instance.result or _merge(None, None)
+
+
+def _send_email(attempt: Attempt, transport: Transport, settings: Settings, resolved: Any) -> None:
+    instance = attempt.instance
     # Built one copy at a time, as each is sent: one message in memory, whatever the
     # number of recipients. Everything a copy could fail on is checked before the first.
     envelopes = render(
@@ -360,9 +389,8 @@ def _deliver(
         sent = transport.send(envelope)
         attempt.sent.append(sent)
         attempt.sent_to.append(envelope.recipient)
-        instance.result = _merge(instance.result, sent)
+        instance.result = {**(instance.result or {}), **_merge(instance.result, sent)}
         instance.delivered.append(envelope.recipient)
-    return instance.result or _merge(None, None)
 
 
 def _merge(earlier: dict[str, Any] | None, sent: SendResult | None) -> dict[str, Any]:

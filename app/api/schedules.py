@@ -47,6 +47,7 @@ from app.core.events import (
 )
 from app.core.message import recipients_of
 from app.core.records import Event
+from app.core.webhook import destination
 from app.core.settings import Settings
 
 bp = Blueprint("schedules", __name__)
@@ -355,13 +356,16 @@ def backfill_schedule(project_id: str, schedule_id: str, body: dict[str, Any]) -
     "listScheduleRecipients",
     summary="List a schedule's recipients",
     description="The addresses the event's message is sent to, from its arguments (empty "
-    "when they are a `$ref`).",
+    'when they are a `$ref`), and its webhook\'s URL (`{"webhook": url}`).',
     reply=s.Recipients,
 )
 def schedule_recipients(project_id: str, schedule_id: str) -> Response:
     arguments = find_event(project_id, schedule_id).metadata.get("arguments") or {}
-    emails = recipients_of(arguments)
-    return jsonify({"recipients": [{"email": e} for e in emails], "total": len(emails)})
+    found: list[dict[str, str]] = [{"email": e} for e in recipients_of(arguments)]
+    url = destination(arguments.get("webhook"))
+    if url is not None:
+        found.append({"webhook": url})
+    return jsonify({"recipients": found, "total": len(found)})
 
 
 @route(

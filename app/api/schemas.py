@@ -518,6 +518,11 @@ class EventSummary(Schema):
     scheduled_at = _when("The next run in UTC.", required=False)
 
 
+class WebhookAnswer(Schema):
+    status = fields.Integer(required=True, metadata={"description": "The receiver's 2xx."})
+    body = fields.String(required=True, metadata={"description": "Its first KB."})
+
+
 class DeliveryResult(Schema):
     message_id = fields.String(required=True, allow_none=True)
     accepted = fields.List(fields.String(), required=True)
@@ -527,6 +532,7 @@ class DeliveryResult(Schema):
         required=True,
         metadata={"description": "Address -> the mail server's reason."},
     )
+    webhook = fields.Nested(WebhookAnswer, metadata={"description": "With a webhook."})
 
 
 class InstanceRecord(Schema):
@@ -734,7 +740,10 @@ class ExecutionsPage(Schema):
 
 
 class Recipient(Schema):
-    email = fields.String(required=True)
+    """An email address, or a webhook destination."""
+
+    email = fields.String()
+    webhook = fields.String(metadata={"description": "The URL a webhook delivers to."})
 
 
 class Recipients(Schema):

@@ -82,7 +82,12 @@ class DeliveryError(SendbeatError):
 
 class TransientDeliveryError(DeliveryError):
     """Raised for failures worth retrying: connection errors, timeouts, SMTP 4xx,
-    remote-content 5xx."""
+    remote-content 5xx, a webhook's 408, 429 or 5xx (``retry_after``: the seconds its
+    ``Retry-After`` asked for)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentDeliveryError(DeliveryError):

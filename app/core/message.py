@@ -32,8 +32,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app.core.errors import InvalidMessage
+from app.core.webhook import webhook_problems
 
-FIELDS = ("recipients", "headers", "content", "variables", "recipient_override", "attachments")
+FIELDS = ("recipients", "headers", "content", "variables", "recipient_override", "attachments",
+          "webhook")  # fmt: skip
 CONTENT_TYPES = ("text/plain", "text/html")
 # Headers a caller may set besides any X- header. Everything else is either set by
 # sendbeat (To, Date, Message-ID, MIME and Content-* headers) or belongs to the
@@ -466,9 +468,11 @@ def _fields_problems(arguments: object, path: str, limits: MessageLimits) -> Ite
     for key in arguments:
         if key not in FIELDS:
             yield f"{path}.{key}: is not a known field (use {', '.join(FIELDS)})"
-    for name in ("recipients", "headers", "content"):
-        if name not in arguments:
-            yield f"{path}.{name}: is required"
+    # Email needs all three; with a webhook, email is sent only when recipients are given.
+    if "webhook" not in arguments or "recipients" in arguments:
+        for name in ("recipients", "headers", "content"):
+            if name not in arguments:
+                yield f"{path}.{name}: is required"
     checks: dict[str, Check] = {
         "recipients": partial(_recipients_problems, limits=limits),
         "headers": _headers_problems,
@@ -476,6 +480,7 @@ def _fields_problems(arguments: object, path: str, limits: MessageLimits) -> Ite
         "variables": _variables_problems,
         "recipient_override": _address_problem,
         "attachments": _attachments_problems,
+        "webhook": webhook_problems,
     }
     for name, check in checks.items():
         if name in arguments:
@@ -782,6 +787,8 @@ def _size_problems(arguments: object, path: str, limits: MessageLimits) -> Itera
             f" {limits.max_variables_bytes:,}"
         )
         return
+    if "recipients" not in arguments:
+        return  # a webhook alone
     sizes = _Sizes(arguments)
     for recipient, own in _recipients(arguments["recipients"]):
         texts = sizes.texts(own)

@@ -37,6 +37,7 @@ from app.core.records import (
     new_id,
 )
 from app.core.scripts import Claim, Enqueued, Held, Scripts, Start
+from app.core.webhook import new_secret
 
 KEY_PREFIX_CHARS = 12
 STAGED = "staged"  # an event hash field: written by a batch create not yet committed
@@ -151,6 +152,20 @@ class Store:
             pipe.hget(self.keys.api_key(digest), "prefix")
         prefixes = tuple(p for p in pipe.execute() if p)
         return Project(raw["id"], raw["name"], int(raw["created_at"]), prefixes)
+
+    def webhook_secret(self, project_id: str) -> str:
+        """The project's webhook signing secret, made on first use."""
+        key = self.keys.project(project_id)
+        secret = self.redis.hget(key, "webhook_secret")
+        if secret:
+            return str(secret)
+        self.redis.hsetnx(key, "webhook_secret", new_secret())  # two first uses: one wins
+        return str(self.redis.hget(key, "webhook_secret"))
+
+    def rotate_webhook_secret(self, project_id: str) -> str:
+        secret = new_secret()
+        self.redis.hset(self.keys.project(project_id), "webhook_secret", secret)
+        return secret
 
     def rotate_key(self, name: str, now: int) -> str:
         """Issue a new key for the project and revoke all its earlier keys."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -50,4 +51,25 @@ def test_errors_are_clear_and_exit_non_zero(settings: Settings) -> None:
     unknown = flask(settings, "rotate-key", "nobody")
 
     assert again.returncode != 0 and "already exists" in again.stderr
+    assert unknown.returncode != 0 and "No project named 'nobody'" in unknown.stderr
+
+
+def test_webhook_secret_is_made_once_shown_alone_and_rotated(
+    settings: Settings, store: Store
+) -> None:
+    flask(settings, "create", "acme")
+
+    first = flask(settings, "webhook-secret", "acme")
+    again = flask(settings, "webhook-secret", "acme")
+    rotated = flask(settings, "webhook-secret", "acme", "--rotate")
+    unknown = flask(settings, "webhook-secret", "nobody")
+
+    secret = first.stdout.strip().splitlines()[-1]
+    assert first.returncode == 0 and secret.startswith("whsec_") and " " not in secret
+    assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
+    assert again.stdout.strip().splitlines()[-1] == secret  # the same until rotated
+    new = rotated.stdout.strip().splitlines()[-1]
+    assert new.startswith("whsec_") and new != secret
+    project = store.project_by_name("acme")
+    assert project is not None and store.webhook_secret(project.id) == new
     assert unknown.returncode != 0 and "No project named 'nobody'" in unknown.stderr

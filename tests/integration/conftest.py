@@ -151,6 +151,63 @@ def files() -> Iterator[FileServer]:
     server.server_close()
 
 
+@dataclass
+class Delivery:
+    at: float
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver: records every request; ``answers`` scripts the status codes
+    (and headers) it gives, in order, then 200."""
+
+    port: int = 0
+    received: list[Delivery] = field(default_factory=list)
+    answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    got = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            with got.lock:
+                got.received.append(Delivery(time.time(), self.command, self.path,
+                                             dict(self.headers.items()), body))  # fmt: skip
+                status, headers = got.answers.pop(0) if got.answers else (200, {})
+            reply = b'{"ok": true}' if status < 300 else b"try later"
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        do_POST = do_PUT = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    got.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield got
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture
 def live_settings(settings: Settings, smtp: SmtpSink) -> Settings:
     return settings.with_(mail_url=f"smtp://127.0.0.1:{smtp.port}")

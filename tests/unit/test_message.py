@@ -78,7 +78,7 @@ def test_arguments_must_be_an_object() -> None:
 def test_required_fields_and_unknown_fields() -> None:
     assert problems({"template": "x"}) == [
         "arguments.template: is not a known field (use recipients, headers, content, variables,"
-        " recipient_override, attachments)",
+        " recipient_override, attachments, webhook)",
         "arguments.recipients: is required",
         "arguments.headers: is required",
         "arguments.content: is required",
