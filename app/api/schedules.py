@@ -47,8 +47,8 @@ from app.core.events import (
 )
 from app.core.message import recipients_of
 from app.core.records import Event
-from app.core.webhook import destination
 from app.core.settings import Settings
+from app.core.webhook import destination
 
 bp = Blueprint("schedules", __name__)
 
