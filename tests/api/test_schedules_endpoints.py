@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.api.conftest import Api
+from tests.api.conftest import Api, event_body
 from tests.api.test_schedules import BASES, create, problem
 
 PATHS = {
@@ -140,6 +140,22 @@ def test_recipients(api: Api) -> None:
     response = get(api, f"/{event_id}/recipients")
 
     assert response.get_json() == {"recipients": [{"email": "test@example.com"}], "total": 1}
+
+
+def test_recipients_list_a_webhook_destination_too(api: Api) -> None:
+    hooked = event_body("hooked")
+    hooked["metadata"]["arguments"]["webhook"] = {"url": "https://hooks.example.com/in"}
+    only = event_body("only")
+    only["metadata"]["arguments"] = {"webhook": {"url": "https://hooks.example.com/only"}}
+    ids = [api.call("create_scheduled_event", body).get_json()["data"]["id"]
+           for body in (hooked, only)]  # fmt: skip
+
+    both = get(api, f"/{ids[0]}/recipients").get_json()
+    alone = get(api, f"/{ids[1]}/recipients").get_json()
+
+    expected = [{"email": "test@example.com"}, {"webhook": "https://hooks.example.com/in"}]
+    assert both == {"recipients": expected, "total": 2}
+    assert alone == {"recipients": [{"webhook": "https://hooks.example.com/only"}], "total": 1}
 
 
 def test_executions_are_paged_newest_first(api: Api) -> None:
