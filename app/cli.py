@@ -106,6 +106,25 @@ def webhook_secret(name: str, rotate: bool) -> None:
     click.echo(secret)
 
 
+@project_cli.command("alert-url")
+@click.argument("name")
+@click.argument("url", required=False)
+@click.option("--clear", is_flag=True, help="Remove the default alert URL.")
+def alert_url(name: str, url: str | None, clear: bool) -> None:
+    """Show, set (URL) or --clear the URL that NAME's events without alerts of their own
+    alert on failed and missed executions."""
+    store = _store()
+    project = store.project_by_name(name)
+    if project is None:
+        raise click.ClickException(f"No project named {name!r}.")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise click.ClickException(f"{url!r}: give an http or https URL.")
+    if clear or url is not None:
+        store.set_alert_url(project.id, None if clear else url)
+    current = store.alert_url(project.id)
+    click.echo(f"Default alert URL of {name} (failed, missed): {current or 'none'}")
+
+
 @project_cli.command("revoke-key")
 @click.argument("key_prefix")
 def revoke_key(key_prefix: str) -> None:

@@ -17,7 +17,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -87,6 +87,8 @@ class Attempt:
     lost: str = ""  # why this attempt must stop ("lost", "paused", "deleted")
     sent: list[SendResult] = field(default_factory=list)  # copies this attempt got accepted
     sent_to: list[str] = field(default_factory=list)  # their recipients
+    # Publishes the task that sends a transition's alerts: (execution id, kind).
+    alert: Callable[[str, str], None] | None = None
 
     def hold(self, delivered: list[str] | None = None, result: Any = None) -> None:
         """Renew the lease (recording the progress, when given); raise Stopped when the
@@ -218,6 +220,7 @@ def run_instance(
     *,
     lease: float,
     event_id: str | None = None,
+    alert: Callable[[str, str], None] | None = None,
 ) -> Outcome:
     """Start, send and record one execution (of the event ``event_id``, "" for none, when
     the task said; else the store reads it). Raises RedisError only when Redis stayed
@@ -233,7 +236,7 @@ def run_instance(
         return Outcome(start.status)
     logs.bind(event_id=instance.event_id)
     begun = from_timestamp(start.now_ms / 1000)
-    attempt = Attempt(store, instance, start.token, lease, begun, held_at=asked)
+    attempt = Attempt(store, instance, start.token, lease, begun, held_at=asked, alert=alert)
     with attempt.kept():
         try:
             return _run(attempt, transport, settings, _arguments(start, instance, settings))
@@ -268,6 +271,7 @@ def _run(
                     instance.id, attempt.token, delay=delay, error=error, took=attempt.took()
                 )
             ):
+                _alert(attempt, "retrying")
                 return Outcome(InstanceStatus.RETRYING)
             return _lost(attempt)
         return _end(attempt, InstanceStatus.FAILED, error=exc.message)
@@ -295,7 +299,22 @@ def _end(
             "execution %s: another attempt took it over; not recording", attempt.instance.id
         )
         return _lost(attempt)
+    if status is InstanceStatus.FAILED:
+        _alert(attempt, "failed")
+    elif done == "recovered":
+        _alert(attempt, "recovered")
     return Outcome(status)
+
+
+def _alert(attempt: Attempt, kind: str) -> None:
+    """Have the transition's alerts sent (workers.alerts), never failing the send."""
+    instance = attempt.instance
+    if not instance.event_id or attempt.alert is None:
+        return  # alerts belong to events; a send_message has none
+    try:
+        attempt.alert(instance.id, kind)
+    except Exception as exc:
+        log.warning("execution %s: could not publish its %s alert: %s", instance.id, kind, exc)
 
 
 def _stopped(attempt: Attempt, why: str) -> Outcome:

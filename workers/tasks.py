@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import shared_task
 from celery.exceptions import Reject
 from redis.exceptions import RedisError
 
-from app.core.publisher import SEND_MESSAGE_TASK, parse_entry
+from app.core.errors import DispatchError
+from app.core.publisher import ALERT_TASK, SEND_MESSAGE_TASK, parse_entry
+from workers.alerts import send_alerts
 from workers.context import Context, context_for
 from workers.sending import run_instance
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(name=SEND_MESSAGE_TASK, bind=True)
@@ -49,5 +54,20 @@ def _send(context: Context, entry: str) -> str:
         instance_id,
         lease=settings.send_lease,
         event_id=event_id,
+        alert=context.publisher.publish_alert,
     )
     return outcome.status
+
+
+@shared_task(name=ALERT_TASK, bind=True)
+def alert(self: Any, instance_id: str, kind: str, attempt: str = "1") -> None:
+    """Post an execution's ``kind`` alerts (workers.alerts); publish the next attempt of
+    those that failed transiently."""
+    context = context_for(self.app.sendbeat_settings)
+    tried = int(attempt)
+    wait = send_alerts(context.store, context.settings, instance_id, kind, tried)
+    if wait is not None:
+        try:
+            context.publisher.publish_alert(instance_id, kind, tried + 1, delay=wait)
+        except DispatchError as exc:  # the alert is lost; the send it is about is not
+            log.warning("could not publish alert %s of %s again: %s", kind, instance_id, exc)

@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate
 
 from app.core.events import BULK_ACTIONS, CATCHUP_POLICIES, EventChanges, EventSpec
 from app.core.records import InstanceStatus
@@ -95,6 +95,37 @@ def check_selector(labels: dict[str, str]) -> None:
     if not labels:
         raise ValidationError("Give at least one label pair (every pair must match).")
     check_labels(labels)
+
+
+ALERT_KINDS = ["failed", "missed", "skipped", "retrying", "recovered"]
+MAX_ALERTS = 5
+
+
+class AlertTarget(Schema):
+    """One of an event's ``alerts``: where to POST, and on which transitions."""
+
+    class Meta:
+        unknown = RAISE
+
+    url = fields.String(
+        required=True,
+        validate=[validate.URL(schemes={"http", "https"}, require_tld=False),
+                  validate.Length(max=2048)],
+        metadata={"description": "An http or https URL; the POST is signed as webhooks are."},
+    )  # fmt: skip
+    on = fields.List(
+        fields.String(validate=validate.OneOf(ALERT_KINDS)),
+        required=True,
+        validate=validate.Length(min=1, max=len(ALERT_KINDS)),
+        metadata={"description": "`recovered` is the first success after a failure."},
+    )
+
+
+class AlertOutcome(Schema):
+    url = fields.String(required=True)
+    type = fields.String(required=True, metadata={"example": "execution.failed"})
+    status = fields.String(required=True, metadata={"description": "`200`, or why it failed."})
+    attempts = fields.Integer(required=True)
 
 
 # The timing policies (docs/schedules.md, "Timing policies").
@@ -186,6 +217,12 @@ class EventBody(Body):
     labels = labels_field(
         f"At most {MAX_LABELS} name -> value pairs, for selecting events.", load_default=dict
     )
+    alerts = fields.List(
+        fields.Nested(AlertTarget),
+        load_default=list,
+        validate=validate.Length(max=MAX_ALERTS),
+        metadata={"description": f"At most {MAX_ALERTS}: `{{url, on: [...]}}`."},
+    )
     preview = fields.Boolean(
         load_default=False, metadata={"description": "Add `next_runs`, the next five runs."}
     )
@@ -207,6 +244,7 @@ class EventBody(Body):
             overlap=data["overlap"],
             retries=data["retries"],
             labels=data["labels"],
+            alerts=data["alerts"],
             jitter=data["jitter"],
             start_at=_epoch(data["start_at"]),
             end_at=_epoch(data["end_at"]),
@@ -268,6 +306,11 @@ class UpdateBody(UidBody):
     overlap = fields.String(validate=validate.OneOf(["skip", "allow"]))
     retries = fields.Integer(strict=True, validate=validate.Range(min=0, max=50))
     labels = labels_field("The whole new map; `{}` removes every label.")
+    alerts = fields.List(
+        fields.Nested(AlertTarget),
+        validate=validate.Length(max=MAX_ALERTS),
+        metadata={"description": "The whole new list; `[]` removes every alert."},
+    )
     jitter = _CHANGED["jitter"]
     start_at = _CHANGED["start_at"]
     end_at = _CHANGED["end_at"]
@@ -486,6 +529,7 @@ class EventRecord(Schema):
     overlap = fields.String(required=True, validate=validate.OneOf(["skip", "allow"]))
     retries = fields.Integer(required=True)
     labels = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    alerts = fields.List(fields.Nested(lambda: AlertTarget()), required=True)
     jitter = fields.Integer(required=True, metadata={"description": "Seconds."})
     start_at = _when("No occurrence before it.", required=False)
     end_at = _when("No occurrence after it.", required=False)
@@ -550,6 +594,9 @@ class InstanceRecord(Schema):
     attempts = fields.Integer(required=True)
     error = fields.String(required=True, allow_none=True)
     result = fields.Nested(DeliveryResult, required=True, allow_none=True)
+    alerts = fields.List(
+        fields.Nested(AlertOutcome), metadata={"description": "The alerts it sent, if any."}
+    )
     nominal_for = fields.DateTime(
         metadata={"description": "A jittered occurrence's own time (its schedule's); "
                   "`scheduled_for` is when its jitter made it due. Only with jitter."}

@@ -19,11 +19,13 @@ from functools import lru_cache, partial
 from redis.exceptions import RedisError
 
 from app.core import metrics
+from app.core.errors import DispatchError
 from app.core.publisher import Publisher
 from app.core.records import DueEvent, InstanceStatus, new_id
 from app.core.scripts import Claim
 from app.core.store import Store
 from app.core.timing import Run, Timing, timing_of
+from app.core.webhook import DEFAULT_ALERT_KINDS
 
 log = logging.getLogger("sendbeat.beat")
 
@@ -167,8 +169,10 @@ def _dispatch_shard(
     written: list[tuple[str, str]] = []
     running: Future[list[tuple[str, str]]] | None = None
     sends: dict[str, int] = {}  # instance id -> the occurrence it sends, for metrics
+    planned: list[Claim] = []
     for start in range(0, len(events), batch):
         claims = [plan_claim(e, stamp, new_id) for e in events[start : start + batch]]
+        planned += claims
         sends.update(c.send for c in claims if c.send is not None)
         if claimer is None:
             written += store.claim(shard, claims, queue, tasks)
@@ -183,12 +187,51 @@ def _dispatch_shard(
         publisher.publish(queued)
         store.forget_pending(queued)
     _record_dispatch(store, shard, sends, written, now_ms / 1000)
+    _alert_dispatch(store, publisher, events, planned, written)
     # Past occurrences waiting to be sent one by one (a resume's catch-up, a backfill).
     replayed = store.replay(shard, now_ms, new_id, limit=batch, queue=queue, tasks=tasks)
     if queue is None and replayed:
         publisher.publish(replayed)
         store.forget_pending(replayed)
     return Dispatched(len(events), now_ms / 1000)
+
+
+def _alert_dispatch(
+    store: Store,
+    publisher: Publisher,
+    events: list[DueEvent],
+    claims: list[Claim],
+    written: list[tuple[str, str]],
+) -> None:
+    """Have the alerts of what beat recorded ``missed`` or ``skipped`` sent, for events
+    with alerts (or a project default): one ``missed`` alert per event and claim (the
+    latest; an outage is one alert, not a flood), one per ``skipped`` execution."""
+    statuses = dict(written)
+    if not any(s in (InstanceStatus.MISSED, InstanceStatus.SKIPPED) for s in statuses.values()):
+        return
+    by_id = {event.id: event for event in events}
+    defaults: dict[str, str | None] = {}
+    for claim in claims:
+        event = by_id[claim.event_id]
+        alerts: list[tuple[str, str]] = []
+        missed = [iid for iid, _ in claim.missed if statuses.get(iid) == InstanceStatus.MISSED]
+        if missed:
+            alerts.append((missed[-1], "missed"))
+        if claim.send is not None and statuses.get(claim.send[0]) == InstanceStatus.SKIPPED:
+            alerts.append((claim.send[0], "skipped"))
+        if event.alerting:
+            alerts = [(iid, kind) for iid, kind in alerts if kind in event.alert_on]
+        else:  # the project's default URL, if it has one, hears of some kinds
+            alerts = [(iid, kind) for iid, kind in alerts if kind in DEFAULT_ALERT_KINDS]
+            if alerts and event.project_id not in defaults:
+                defaults[event.project_id] = store.alert_url(event.project_id)
+            if not alerts or defaults[event.project_id] is None:
+                continue
+        for instance_id, kind in alerts:
+            try:
+                publisher.publish_alert(instance_id, kind)
+            except DispatchError as exc:  # the records stand; only the alert is lost
+                log.warning("could not publish the %s alert of %s: %s", kind, instance_id, exc)
 
 
 def _record_dispatch(

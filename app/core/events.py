@@ -46,6 +46,7 @@ class EventSpec:
     overlap: str = "skip"
     retries: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
     jitter: int = 0
     start_at: int | None = None
     end_at: int | None = None
@@ -171,6 +172,7 @@ def build_event(
         overlap=spec.overlap,
         retries=defaults.retries if spec.retries is None else spec.retries,
         labels=dict(spec.labels),
+        alerts=list(spec.alerts),
         jitter=spec.jitter,
         start_at=spec.start_at,
         end_at=spec.end_at,
@@ -335,6 +337,7 @@ class EventChanges:
     overlap: str | None = None
     retries: int | None = None
     labels: dict[str, str] | None = None  # the whole map: {} removes every label
+    alerts: list[dict[str, Any]] | None = None  # the whole list: [] removes every alert
     jitter: int | None = None
     start_at: int | None = None
     end_at: int | None = None
@@ -413,7 +416,7 @@ def _changed(
         event.metadata = changes.metadata
     if errors:
         raise ValidationError(errors[0], errors)
-    for name in ("catchup_window", "overlap", "retries", "labels"):
+    for name in ("catchup_window", "overlap", "retries", "labels", "alerts"):
         value = getattr(changes, name)
         if value is not None:
             setattr(event, name, value)

@@ -15,7 +15,9 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -25,6 +27,7 @@ from app.core.errors import DispatchError
 from app.core.redis_client import SENTINEL_SCHEME, SentinelUrl
 
 SEND_MESSAGE_TASK = "sendbeat.send_message"
+ALERT_TASK = "sendbeat.alert"
 T = TypeVar("T")
 
 
@@ -49,18 +52,24 @@ def parse_entry(text: str) -> tuple[str, str | None]:
 
 
 def task_message(
-    entries: list[str], origin: str, first: str | None = None
+    entries: list[str],
+    origin: str,
+    first: str | None = None,
+    *,
+    task: str = SEND_MESSAGE_TASK,
+    eta: str | None = None,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The body and headers of one send_message task in Celery's protocol 2: the task
-    runs every execution in ``entries``; its Celery task id is ``first``, by default the
-    first entry's execution id."""
+    """The body and headers of one task in Celery's protocol 2: by default a
+    send_message task, which runs every execution in ``entries`` (its arguments); its
+    Celery task id is ``first``, by default the first entry's execution id. ``eta``
+    (ISO 8601) holds it back until then."""
     first = first if first is not None else parse_entry(entries[0])[0]
     headers = {
         "lang": "py",
-        "task": SEND_MESSAGE_TASK,
+        "task": task,
         "id": first,
         "shadow": None,
-        "eta": None,
+        "eta": eta,
         "expires": None,
         "group": None,
         "group_index": None,
@@ -255,6 +264,33 @@ class Publisher:
                 delivery_mode=2,
                 retry=False,
             )
+
+    def publish_alert(
+        self, instance_id: str, kind: str, attempt: int = 1, delay: float = 0
+    ) -> None:
+        """Publish the task that sends the ``kind`` alerts of an execution (attempt
+        ``attempt``, held back ``delay`` seconds); raise DispatchError if the broker
+        refuses."""
+        eta = None
+        if delay:
+            eta = datetime.fromtimestamp(time.time() + delay, UTC).isoformat()
+        task_id = f"alert-{instance_id}-{kind}-{attempt}"
+        body, headers = task_message([instance_id, kind, str(attempt)], self._origin, task_id,
+                                     task=ALERT_TASK, eta=eta)  # fmt: skip
+
+        def publish(connection: Connection) -> None:
+            producer = Producer(connection.default_channel, exchange=self._queue.exchange,
+                                routing_key=self._queue.routing_key, serializer="json")  # fmt: skip
+            if self._declared_on is not connection:
+                self._queue.declare(channel=producer.channel)
+                self._declared_on = connection
+            producer.publish(body, headers=headers, correlation_id=task_id, delivery_mode=2,
+                             retry=False)  # fmt: skip
+
+        try:
+            self._link.use(publish)
+        except Exception as exc:  # kombu raises transport-specific errors
+            raise DispatchError(f"Dispatcher error: {reason(exc)}") from exc
 
     def close(self) -> None:
         self._link.close()

@@ -71,6 +71,7 @@ class Event:
     run_at: int | None = None  # a one-time event's run, kept while it is suspended
     resume_at: int | None = None  # where a paused schedule stood: resume starts there
     labels: dict[str, str] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # [{url, on: [kind, ...]}]
     jitter: int = 0  # seconds: each occurrence fires up to this much after its time
     start_at: int | None = None  # no occurrence before it
     end_at: int | None = None  # none after it
@@ -98,6 +99,7 @@ class Event:
             "overlap": self.overlap,
             "retries": self.retries,
             "labels": self.labels,
+            "alerts": self.alerts,
             "jitter": self.jitter,
             "start_at": _iso(self.start_at),
             "end_at": _iso(self.end_at),
@@ -151,6 +153,8 @@ class Event:
         for name in ("start_at", "end_at", "max_runs"):
             if getattr(self, name) is not None:
                 fields[name] = getattr(self, name)
+        if self.alerts:
+            fields["alerts"] = json.dumps(self.alerts, separators=(",", ":"))
         if self.labels:
             fields["labels"] = json.dumps(self.labels, separators=(",", ":"), sort_keys=True)
         for name, default in FIXED_DEFAULTS.items():
@@ -164,7 +168,7 @@ class Event:
     def cleared() -> tuple[str, ...]:
         """Fields ``to_hash`` leaves out when unset, to delete on rewrite."""
         return ("suspended_at", "run_at", "resume_at", "labels", "jitter", "start_at", "end_at",
-                "max_runs", "runs", "updated_at", *FIXED_DEFAULTS)  # fmt: skip
+                "max_runs", "runs", "alerts", "updated_at", *FIXED_DEFAULTS)  # fmt: skip
 
     @classmethod
     def from_hash(
@@ -195,6 +199,7 @@ class Event:
             run_at=int(raw["run_at"]) if raw.get("run_at") else None,
             resume_at=int(float(raw["resume_at"])) if raw.get("resume_at") else None,
             labels=json.loads(raw["labels"]) if raw.get("labels") else {},
+            alerts=json.loads(raw["alerts"]) if raw.get("alerts") else [],
             jitter=int(raw.get("jitter", 0)),
             start_at=_int_or_none(raw.get("start_at")),
             end_at=_int_or_none(raw.get("end_at")),
@@ -223,24 +228,31 @@ class DueEvent:
     start_at: int | None = None
     end_at: int | None = None
     max_runs: int | None = None
+    alert_on: frozenset[str] = frozenset()  # the transitions its own alerts ask for
+    alerting: bool = False  # it has alerts of its own
 
     @classmethod
     def from_row(cls, event_id: str, at: int, row: list[str | None]) -> DueEvent:
         """From the values of ``DUE_FIELDS``, in that order."""
         (schedule, timezone, event_type, window, uid, project_id, overlap, dst, jitter,
-         start_at, end_at, max_runs) = (v or "" for v in row)  # fmt: skip
+         start_at, end_at, max_runs, alerts) = (v or "" for v in row)  # fmt: skip
         return cls(event_id, at, schedule, timezone or FIXED_DEFAULTS["timezone"], event_type,
                    int(window), uid, project_id, overlap or FIXED_DEFAULTS["overlap"],
                    dst or FIXED_DEFAULTS["dst"], int(jitter or 0), _int_or_none(start_at),
-                   _int_or_none(end_at), _int_or_none(max_runs))  # fmt: skip
+                   _int_or_none(end_at), _int_or_none(max_runs),
+                   frozenset(k for a in json.loads(alerts or "[]") for k in a["on"]),
+                   bool(alerts))  # fmt: skip
 
 
 DUE_FIELDS = ("schedule", "timezone", "event_type", "catchup_window", "uid", "project_id",
-              "overlap", "dst", "jitter", "start_at", "end_at", "max_runs")  # fmt: skip
+              "overlap", "dst", "jitter", "start_at", "end_at", "max_runs", "alerts")  # fmt: skip
 
 
 def _int_or_none(value: str | None) -> int | None:
     return int(value) if value else None
+
+
+ALERT_FIELD = "alert:"  # an execution hash field per alert sent: alert:{kind}:{url}
 
 
 @dataclass
@@ -263,9 +275,10 @@ class Instance:
     payload: dict[str, Any] | None = None  # send_message arguments when there is no event
     delivered: list[str] = field(default_factory=list)  # recipients already accepted
     nominal_for: int | None = None  # a jittered occurrence's time by its schedule
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # [{url, type, status, attempts}]
 
     def record(self) -> dict[str, Any]:
-        record = {
+        record: dict[str, Any] = {
             "uid": self.id,
             "event_uid": self.event_uid or None,
             "event_id": self.event_id or None,
@@ -281,6 +294,8 @@ class Instance:
         }
         if self.nominal_for is not None:  # scheduled_for is when its jitter made it due
             record["nominal_for"] = _iso(self.nominal_for)
+        if self.alerts:
+            record["alerts"] = self.alerts
         return record
 
     def summary(self) -> dict[str, Any]:
@@ -315,9 +330,11 @@ class Instance:
             delivered=json.loads(raw["delivered"]) if raw.get("delivered") else [],
             nominal_for=opt_int("nominal_for"),
         )
-        for name, value in raw.items():
+        for name, value in sorted(raw.items()):
             if name.startswith("late."):
                 instance.add_late(json.loads(value))
+            elif name.startswith(ALERT_FIELD):
+                instance.alerts.append(json.loads(value))
         return instance
 
     def add_late(self, late: dict[str, list[str]]) -> None:

@@ -333,8 +333,9 @@ class Scripts:
         result: str,
         retention: int,
         latency: tuple[str, float] | None,
-    ) -> bool:
-        """Write the final state; False when the token no longer holds the record."""
+    ) -> str | None:
+        """Write the final state: "done", or "recovered" (an event's first success after
+        a failure); None when the token no longer holds the record."""
         shard = self._keys.shard_of(instance_id)
         keys = [self._keys.instance(instance_id), self._keys.running(shard),
                 self._keys.metrics_executions(shard),
@@ -344,7 +345,8 @@ class Scripts:
                      self._keys.event_instances(event_id)]  # fmt: skip
         bucket, seconds = latency or ("", 0.0)
         args = [token, instance_id, status, error, result, retention, bucket, seconds]
-        return bool(_text(self._call("finish", keys, args)[0]) == "done")
+        outcome = _text(self._call("finish", keys, args)[0])
+        return None if outcome == "lost" else outcome
 
     def late(self, instance_id: str, token: str, late: str) -> bool:
         """Note copies a stale attempt got accepted (JSON); False when the record is gone."""

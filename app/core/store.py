@@ -28,6 +28,7 @@ from app.core.errors import NO_SUCH_UID, NotFound, UidTaken
 from app.core.keys import Keys
 from app.core.publisher import entry
 from app.core.records import (
+    ALERT_FIELD,
     DUE_FIELDS,
     DueEvent,
     Event,
@@ -166,6 +167,28 @@ class Store:
         secret = new_secret()
         self.redis.hset(self.keys.project(project_id), "webhook_secret", secret)
         return secret
+
+    def alert_url(self, project_id: str) -> str | None:
+        """The project's default alert URL (events without alerts of their own)."""
+        url = self.redis.hget(self.keys.project(project_id), "alert_url")
+        return str(url) if url else None
+
+    def set_alert_url(self, project_id: str, url: str | None) -> None:
+        key = self.keys.project(project_id)
+        if url is None:
+            self.redis.hdel(key, "alert_url")
+        else:
+            self.redis.hset(key, "alert_url", url)
+
+    def alert_sent(self, instance_id: str, kind: str, url: str) -> dict[str, Any] | None:
+        raw = self.redis.hget(self.keys.instance(instance_id), f"{ALERT_FIELD}{kind}:{url}")
+        return json.loads(raw) if raw else None
+
+    def note_alert(self, instance_id: str, kind: str, url: str, outcome: dict[str, Any]) -> None:
+        """Record one alert's outcome on the execution (only while the record lives)."""
+        key = self.keys.instance(instance_id)
+        if self.redis.exists(key):
+            self.redis.hset(key, f"{ALERT_FIELD}{kind}:{url}", json.dumps(outcome))
 
     def rotate_key(self, name: str, now: int) -> str:
         """Issue a new key for the project and revoke all its earlier keys."""
@@ -782,9 +805,10 @@ class Store:
         error: str | None = None,
         result: dict[str, Any] | None = None,
         took: float | None = None,
-    ) -> bool:
-        """Write an execution's final state, release its event's overlap slot and count it;
-        False when the attempt lost the record (another took over, or it ended)."""
+    ) -> str | None:
+        """Write an execution's final state, release its event's overlap slot and count it:
+        "done", or "recovered" for an event's first success after a failure; None when the
+        attempt lost the record (another took over, or it ended)."""
         return self.scripts.finish(
             instance.id,
             instance.event_id,

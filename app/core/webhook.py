@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 SECRET_PREFIX = "whsec_"
+# What a project's default alert URL hears of, for events without alerts of their own.
+DEFAULT_ALERT_KINDS = ("failed", "missed")
 SECRET_BYTES = 32
 METHODS = ("POST", "PUT")
 FIELDS = ("url", "method", "headers", "body")

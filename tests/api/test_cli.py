@@ -73,3 +73,20 @@ def test_webhook_secret_is_made_once_shown_alone_and_rotated(
     project = store.project_by_name("acme")
     assert project is not None and store.webhook_secret(project.id) == new
     assert unknown.returncode != 0 and "No project named 'nobody'" in unknown.stderr
+
+
+def test_the_default_alert_url_is_set_shown_and_cleared(settings: Settings, store: Store) -> None:
+    flask(settings, "create", "acme")
+    project = store.project_by_name("acme")
+    assert project is not None
+
+    none = flask(settings, "alert-url", "acme")
+    set_ = flask(settings, "alert-url", "acme", "https://alerts.example.com/in")
+    assert store.alert_url(project.id) == "https://alerts.example.com/in"
+    bad = flask(settings, "alert-url", "acme", "alerts.example.com")
+    cleared = flask(settings, "alert-url", "acme", "--clear")
+
+    assert none.stdout.strip() == "Default alert URL of acme (failed, missed): none"
+    assert set_.stdout.strip().endswith("https://alerts.example.com/in")
+    assert bad.returncode != 0 and "give an http or https URL" in bad.stderr
+    assert cleared.stdout.strip().endswith("none") and store.alert_url(project.id) is None

@@ -190,6 +190,7 @@ def test_get_returns_the_event_record(api: Api) -> None:
         "overlap": "skip",
         "retries": 5,
         "labels": {},
+        "alerts": [],
         "jitter": 0,
         "start_at": None,
         "end_at": None,

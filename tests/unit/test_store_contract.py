@@ -138,6 +138,7 @@ class Recorder:
 
     def __init__(self, fail: bool = False) -> None:
         self.published: list[str] = []
+        self.alerts: list[tuple[str, str]] = []
         self.fail = fail
 
     def publish(self, ids: list[str]) -> None:
@@ -149,6 +150,11 @@ class Recorder:
 
     def message(self, instance_id: str) -> str:
         return f"task:{instance_id}"
+
+    def publish_alert(
+        self, instance_id: str, kind: str, attempt: int = 1, delay: float = 0
+    ) -> None:
+        self.alerts.append((instance_id, kind))
 
 
 def add(store: Store, schedule: str, **extra: object) -> str:
@@ -370,6 +376,35 @@ def test_changing_a_timing_policy_moves_the_next_run(any_store: Store) -> None:
     assert moved.scheduled_at == T0 + 7230 and moved.start_at == T0 + 7200
     cleared = update_event(any_store, moved, EventChanges(cleared=frozenset({"start_at"})))
     assert cleared.scheduled_at == T0 + 30 and cleared.start_at is None
+
+
+def test_beat_alerts_one_missed_per_event_and_claim_and_each_skipped(any_store: Store) -> None:
+    alerts = [{"url": "https://alerts.example.com/in", "on": ["missed", "skipped"]}]
+    loud = add(any_store, "every 1 mins", alerts=alerts)
+    quiet = add(any_store, "every 2 mins")  # no alerts, no project default: silent
+    recorder = Recorder()
+
+    dispatch(any_store, recorder, T0 + 30 + 600 + 10)  # ten minutes of downtime
+    [(missed_id, kind)] = recorder.alerts
+    instances = {i.id: i for i in any_store.list_instances(loud, 0, 100)[0]}
+    assert kind == "missed" and instances[missed_id].status == "missed"
+    assert instances[missed_id].scheduled_for == max(
+        i.scheduled_for for i in instances.values() if i.status == "missed"
+    )  # the latest missed run stands for the outage
+
+    dispatch(any_store, recorder, T0 + 30 + 660)  # the late send is still queued: skipped
+    assert [k for _, k in recorder.alerts] == ["missed", "skipped"]
+    assert len(any_store.list_instances(quiet, 0, 100)[0]) > 1  # quiet missed, skipped too
+
+    any_store.set_alert_url("p1", "https://alerts.example.com/default")
+    recorder.alerts.clear()
+    dispatch(any_store, recorder, T0 + 30 + 780)  # 10:14: both due, both still in flight
+    by_event = {(any_store.instance(i).event_id, k) for i, k in recorder.alerts}  # type: ignore[union-attr]
+    assert by_event == {(loud, "skipped"), (loud, "missed")}  # a default hears no skips
+    recorder.alerts.clear()
+    dispatch(any_store, recorder, T0 + 30 + 780 + 600)  # another outage
+    by_event = {(any_store.instance(i).event_id, k) for i, k in recorder.alerts}  # type: ignore[union-attr]
+    assert (quiet, "missed") in by_event  # but the default hears of missed runs
 
 
 def test_an_execution_starts_once(any_store: Store) -> None:

@@ -15,7 +15,8 @@
 -- ARGV[6]  the result (JSON) or ""
 -- ARGV[7]  retention (seconds)
 -- ARGV[8]  the attempt's send-latency bucket, or "" when nothing was sent; ARGV[9] seconds
--- Returns  {"done"} or {"lost"}
+-- Returns  {"done"}, {"recovered"} (an event's success after a failure: its "failing"
+--          mark cleared here, so one execution sees it) or {"lost"}
 
 local now = clock(ARGV[1])
 local record, id, status = KEYS[1], ARGV[3], ARGV[4]
@@ -44,6 +45,11 @@ if KEYS[5] then
     redis.call('HINCRBY', KEYS[5], 'run_count', 1)
     -- The id only: a summary (JSON) would push the hash out of its compact encoding.
     redis.call('HSET', KEYS[5], 'last_run', id)
+    if status == 'failed' then
+      redis.call('HSET', KEYS[5], 'failing', 1)
+    elseif redis.call('HDEL', KEYS[5], 'failing') == 1 then
+      return {'recovered'}
+    end
   end
 end
 return {'done'}
