@@ -191,6 +191,9 @@ def _banner(base: str, key: str, settings: Settings) -> str:
         f"  demo project API key: {key}",
         f"  mail goes to: {mail}" + ("  (new messages land in its new/ folder)"
                                     if mail.startswith("maildir://") else ""),
+        "  webhooks and alerts go to their URLs" + (
+            ": printed in the worker's lines below instead (console transport)"
+            if mail.startswith("console:") else " (MAIL_URL=console:// prints them instead)"),
         "  schedule an email every minute:",
         "",
         "    " + curl_example(base, key),

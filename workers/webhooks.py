@@ -6,11 +6,15 @@ unless SENDBEAT_ALLOW_PRIVATE_REFS, a timeout, a cap on what is read back).
 retried per the event's policy, a 429's ``Retry-After`` setting the wait; any other
 status is permanent. A redirect is not followed (the signature names one receiver): it
 fails the delivery, permanently.
+
+With the console mail transport (``MAIL_URL=console://``, for trying sendbeat out)
+deliveries are printed in the worker's log instead of sent, as emails are.
 """
 
 from __future__ import annotations
 
 import email.utils
+import logging
 import time
 from typing import Any
 
@@ -19,7 +23,10 @@ from app.core.settings import Settings
 from app.core.webhook import RESPONSE_KEPT_BYTES, sign
 from workers.remote import open_request
 
+log = logging.getLogger(__name__)
+
 USER_AGENT = "sendbeat (webhook)"
+CONSOLE_ANSWER = "(console transport: printed in the worker's log, not sent)"
 TRANSIENT_STATUSES = frozenset({408, 429})
 MAX_RETRY_AFTER = 3600.0  # seconds: a longer Retry-After is honoured up to this
 
@@ -44,6 +51,11 @@ def deliver(
         "webhook-signature": sign(secret, message_id, timestamp, body),
     }
     method = webhook.get("method", "POST")
+    if settings.mail_url.startswith("console:"):
+        shown = "\n".join(f"{name}: {value}" for name, value in headers.items())
+        log.info("console transport: webhook %s %s\n%s\n\n%s", method, url, shown,
+                 body.decode("utf-8", "replace"))  # fmt: skip
+        return {"status": 200, "body": CONSOLE_ANSWER}
     with open_request(url, method, "*/*", settings, headers, data=body, what="webhook",
                   agent=USER_AGENT) as response:  # fmt: skip
         status = response.status_code

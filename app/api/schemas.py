@@ -43,7 +43,12 @@ class SendRequest(Schema):
         unknown = EXCLUDE
 
     arguments = fields.Dict(
-        required=True, metadata={"description": "The send_message fields (see messages.md)."}
+        required=True,
+        metadata={
+            "description": "The send_message fields (see messages.md): recipients, "
+            "headers, content, variables, attachments, recipient_override, and webhook "
+            "(an HTTP delivery instead of email, or as well)."
+        },
     )
 
 

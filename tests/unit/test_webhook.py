@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import UTC, datetime
 
@@ -12,8 +13,9 @@ from standardwebhooks import Webhook
 
 from app.core.errors import InvalidMessage
 from app.core.message import validate_arguments
+from app.core.settings import Settings
 from app.core.webhook import new_secret, render_body, sign
-from workers.webhooks import MAX_RETRY_AFTER, retry_after
+from workers.webhooks import CONSOLE_ANSWER, MAX_RETRY_AFTER, deliver, retry_after
 
 EMAIL = {"recipients": "a@example.com", "headers": {"from": "b@example.com"},
          "content": {"text/plain": "hi"}}  # fmt: skip
@@ -94,3 +96,20 @@ def test_retry_after_reads_seconds_and_dates_within_a_bound() -> None:
     assert retry_after("Fri, 15 Jan 2027 08:00:30 GMT", now=now) == 30.0
     assert retry_after("Fri, 15 Jan 2027 07:00:00 GMT", now=now) == 0.0  # already past
     assert retry_after("soon") is None and retry_after(None) is None
+
+
+def test_the_console_transport_prints_a_delivery_instead_of_sending_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = Settings.from_env({"MAIL_URL": "console://"})
+    caplog.set_level(logging.INFO, logger="workers.webhooks")
+    # An address nothing listens on, and a private one: nothing is fetched or refused.
+    hook = {"url": "http://127.0.0.1:9/in", "headers": {"X-Team": "ops"}}
+
+    answer = deliver(hook, b'{"a":1}', message_id="exec-1", timestamp=1, secret=new_secret(),
+                     settings=settings)  # fmt: skip
+
+    assert answer == {"status": 200, "body": CONSOLE_ANSWER}
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("console transport: webhook POST http://127.0.0.1:9/in\n")
+    assert "X-Team: ops" in line and "webhook-id: exec-1" in line and line.endswith('{"a":1}')
