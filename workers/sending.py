@@ -29,7 +29,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core import logs
 from app.core.clock import from_timestamp
-from app.core.errors import InvalidMessage, PermanentDeliveryError, TransientDeliveryError
+from app.core.errors import (
+    DeliveryError,
+    InvalidMessage,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from app.core.message import render, validate_arguments
 from app.core.publisher import reason
 from app.core.records import Instance, InstanceStatus
@@ -274,10 +279,24 @@ def _run(
                 _alert(attempt, "retrying")
                 return Outcome(InstanceStatus.RETRYING)
             return _lost(attempt)
-        return _end(attempt, InstanceStatus.FAILED, error=exc.message)
-    except (PermanentDeliveryError, InvalidMessage) as exc:
+        return _end(
+            attempt, InstanceStatus.FAILED, error=exc.message, result=_answered(attempt, exc)
+        )
+    except PermanentDeliveryError as exc:
+        return _end(
+            attempt, InstanceStatus.FAILED, error=exc.message, result=_answered(attempt, exc)
+        )
+    except InvalidMessage as exc:
         return _end(attempt, InstanceStatus.FAILED, error=exc.message)
     return _end(attempt, InstanceStatus.SUCCEEDED, result=result)
+
+
+def _answered(attempt: Attempt, exc: DeliveryError) -> dict[str, Any] | None:
+    """The execution's result with the webhook receiver's answer to its last try."""
+    result = attempt.instance.result
+    if exc.answer is None:
+        return result
+    return {**_merge(result, None), "webhook": exc.answer}
 
 
 def _end(

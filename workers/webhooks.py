@@ -62,16 +62,17 @@ def deliver(
         kept = response.raw.read(RESPONSE_KEPT_BYTES, decode_content=False) or b""
         answer = f"webhook {url}: the receiver answered {status} {response.reason or ''}".rstrip()
         text = kept.decode("utf-8", "replace")
+        got = {"status": status, "body": text}
         if 200 <= status < 300:
-            return {"status": status, "body": text}
+            return got
         if text.strip():
             answer += f": {text.strip()}"
         if status in TRANSIENT_STATUSES or status >= 500:
             wait = retry_after(response.headers.get("retry-after")) if status == 429 else None
-            raise TransientDeliveryError(answer, retry_after=wait)
+            raise TransientDeliveryError(answer, retry_after=wait, answer=got)
         if 300 <= status < 400:
-            raise PermanentDeliveryError(answer + " (redirects are not followed)")
-        raise PermanentDeliveryError(answer)
+            raise PermanentDeliveryError(answer + " (redirects are not followed)", answer=got)
+        raise PermanentDeliveryError(answer, answer=got)
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -77,7 +77,12 @@ class DispatchError(SendbeatError):
 
 
 class DeliveryError(SendbeatError):
-    """Base of failures while delivering a message."""
+    """Base of failures while delivering a message (``answer``: a webhook receiver's
+    status and the start of its body, for the execution record)."""
+
+    def __init__(self, message: str, *, answer: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.answer = answer
 
 
 class TransientDeliveryError(DeliveryError):
@@ -85,8 +90,14 @@ class TransientDeliveryError(DeliveryError):
     remote-content 5xx, a webhook's 408, 429 or 5xx (``retry_after``: the seconds its
     ``Retry-After`` asked for)."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        answer: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message, answer=answer)
         self.retry_after = retry_after
 
 

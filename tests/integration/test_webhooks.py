@@ -80,6 +80,8 @@ def test_a_404_fails_at_once(web: Web, processes: Processes, receiver: Receiver)
     assert (
         record.error == f"webhook {receiver.url()}: the receiver answered 404 Not Found: try later"
     )
+    assert record.result is not None  # the receiver's answer, in the record
+    assert record.result["webhook"] == {"status": 404, "body": "try later"}
 
 
 def test_a_429_waits_as_long_as_retry_after_says(
