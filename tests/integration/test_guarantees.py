@@ -280,9 +280,9 @@ def test_a_bulk_pause_by_label_stops_exactly_the_matching_events(
     time.sleep(1)
     paused = {uid: len(web.instances(uid)) for uid in ("nightly-a", "nightly-b")}
     running = {uid: sent(uid) for uid in ("other", "plain")}
-    time.sleep(6)  # three more occurrences of the events left running
+    time.sleep(4)  # two more occurrences of the events left running
     assert {uid: len(web.instances(uid)) for uid in paused} == paused
-    assert all(sent(uid) >= running[uid] + 2 for uid in running)
+    assert all(sent(uid) >= running[uid] + 1 for uid in running)
     to_each = Counter(m.message["X-Sendbeat-Instance"] for m in smtp.messages)
     assert set(to_each.values()) == {1}
 
@@ -290,7 +290,7 @@ def test_a_bulk_pause_by_label_stops_exactly_the_matching_events(
 def test_a_jittered_event_with_two_beats_sends_once_per_occurrence_at_its_offset(
     web: Web, processes: Processes, smtp: SmtpSink
 ) -> None:
-    create(web, "jittered", "every 10 secs", jitter=9, overlap="allow")
+    create(web, "jittered", "every 5 secs", jitter=4, overlap="allow")
     processes.worker(concurrency=4)
     processes.beat("beat-a")
     processes.beat("beat-b")
@@ -306,9 +306,9 @@ def test_a_jittered_event_with_two_beats_sends_once_per_occurrence_at_its_offset
     nominal = [datetime.fromisoformat(i.get("nominal_for") or i["scheduled_for"]) for i in runs]
     due = [datetime.fromisoformat(i["scheduled_for"]) for i in runs]
     assert len(set(nominal)) == len(nominal)  # once per occurrence, whichever beat
-    assert all(n.second % 10 == 0 for n in nominal)
+    assert all(n.second % 5 == 0 for n in nominal)
     offsets = [(d - n).total_seconds() for d, n in zip(due, nominal, strict=True)]
-    assert all(0 <= offset < 9 for offset in offsets), offsets
+    assert all(0 <= offset < 4 for offset in offsets), offsets
     # Each email leaves at its jittered time, not at the occurrence's own.
     for run, at in zip(runs, due, strict=True):
         assert at.timestamp() <= arrived[run["uid"]] < at.timestamp() + 3
@@ -326,8 +326,9 @@ def test_max_runs_two_sends_twice_and_completes(
 
     assert wait_until(lambda: status() == "completed", timeout=30), processes.log_text()
     time.sleep(5)  # two more periods: nothing more
-    runs = web.instances("twice")
-    assert [i["trigger"] for i in runs] == ["schedule", "schedule"]
+    # Two sent (an occurrence missed while the processes started does not count).
+    runs = [i for i in web.instances("twice") if i["status"] != "missed"]
+    assert [(i["trigger"], i["status"]) for i in runs] == [("schedule", "succeeded")] * 2
     assert wait_until(lambda: len(smtp.messages) == 2, timeout=10)
     record = web.call("get_scheduled_event", {"uid": "twice"}).get_json()["data"]
     assert record["scheduled_at"] is None and record["max_runs"] == 2
@@ -340,7 +341,7 @@ def test_resume_with_catchup_latest_sends_the_last_missed_run_once(
     web.call("update_scheduled_event", {"uid": "paused", "status": "suspend"})
     processes.worker(concurrency=2)
     processes.beat()
-    time.sleep(7)  # three or four occurrences fall due while it is paused
+    time.sleep(5)  # two or three occurrences fall due while it is paused
     resumed_at = datetime.now(UTC)
     body = {"uid": "paused", "status": "active", "catchup": "latest"}
     assert web.call("update_scheduled_event", body).status_code == 200
@@ -355,7 +356,7 @@ def test_resume_with_catchup_latest_sends_the_last_missed_run_once(
     assert wait_until(caught_up, timeout=20), processes.log_text()
     time.sleep(3)
     runs = sorted(paused_runs(), key=lambda i: i["scheduled_for"])
-    assert len(runs) >= 3
+    assert len(runs) >= 2
     assert [i["status"] for i in runs] == ["missed"] * (len(runs) - 1) + ["succeeded"]
     sent = {m.message["X-Sendbeat-Instance"] for m in smtp.messages}
     assert runs[-1]["uid"] in sent and not {i["uid"] for i in runs[:-1]} & sent
