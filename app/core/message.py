@@ -32,7 +32,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app.core.errors import InvalidMessage
-from app.core.webhook import webhook_problems
 
 FIELDS = ("recipients", "headers", "content", "variables", "recipient_override", "attachments",
           "webhook")  # fmt: skip
@@ -95,10 +94,23 @@ _BARE = re.compile(rf"\s*({_LOCAL})@({_DOMAIN})\s*")
 _NAMED = re.compile(rf"\s*({_PHRASE})<({_LOCAL})@({_DOMAIN})>\s*")
 _QUOTED_PART = re.compile(_QUOTED)
 _ESCAPED = re.compile(r"\\(.)")
+# The webhook argument (issue 13; app.core.webhook signs and renders it).
+WEBHOOK_FIELDS = ("url", "method", "headers", "body")
+WEBHOOK_METHODS = ("POST", "PUT")
+WEBHOOK_MAX_URL = 2048
+WEBHOOK_MAX_HEADERS = 50
+WEBHOOK_MAX_HEADER_NAME = 128
+WEBHOOK_MAX_HEADER_VALUE = 8192
+# Set by sendbeat on every delivery (or by the HTTP client), never by a caller.
+WEBHOOK_RESERVED_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature",
+                                      "content-type", "content-length", "host",
+                                      "transfer-encoding", "connection"})  # fmt: skip
+_WEBHOOK_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_WEBHOOK_LINE_BREAK = re.compile(r"[\r\n\x00]")
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
 _MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-_PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
 _BAD_FILENAME = re.compile("[/\\\\\x00\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 Check = Callable[[object, str], Iterator[str]]
@@ -465,9 +477,7 @@ def _fields_problems(arguments: object, path: str, limits: MessageLimits) -> Ite
     if not isinstance(arguments, dict):
         yield f"{path}: must be an object"
         return
-    for key in arguments:
-        if key not in FIELDS:
-            yield f"{path}.{key}: is not a known field (use {', '.join(FIELDS)})"
+    yield from _unknown_fields(arguments, FIELDS, path)
     # Email needs all three; with a webhook, email is sent only when recipients are given.
     if "webhook" not in arguments or "recipients" in arguments:
         for name in ("recipients", "headers", "content"):
@@ -480,11 +490,51 @@ def _fields_problems(arguments: object, path: str, limits: MessageLimits) -> Ite
         "variables": _variables_problems,
         "recipient_override": _address_problem,
         "attachments": _attachments_problems,
-        "webhook": webhook_problems,
+        "webhook": _webhook_problems,
     }
     for name, check in checks.items():
         if name in arguments:
             yield from _unless_ref(check, arguments[name], f"{path}.{name}")
+
+
+def _unknown_fields(value: dict[str, Any], known: tuple[str, ...], path: str) -> Iterator[str]:
+    for key in value:
+        if key not in known:
+            yield f"{path}.{key}: is not a known field (use {', '.join(known)})"
+
+
+def _webhook_problems(value: object, path: str) -> Iterator[str]:
+    """What is wrong with a ``webhook`` argument (its ``$ref``s are checked elsewhere)."""
+    if not isinstance(value, dict):
+        yield f"{path}: must be an object with url, and optionally method, headers, body"
+        return
+    yield from _unknown_fields(value, WEBHOOK_FIELDS, path)
+    url = value.get("url")
+    if url is None:
+        yield f"{path}.url: is required"
+    elif not isinstance(url, str) or not _is_http_url(url):
+        yield f"{path}.url: must be an http or https URL"
+    elif len(url) > WEBHOOK_MAX_URL:
+        yield f"{path}.url: is {len(url):,} characters; the limit is {WEBHOOK_MAX_URL:,}"
+    if value.get("method", "POST") not in WEBHOOK_METHODS:
+        yield f"{path}.method: must be POST or PUT"
+    headers = value.get("headers", {})
+    if not isinstance(headers, dict):
+        yield f"{path}.headers: must be an object of header names to text values"
+        return
+    if len(headers) > WEBHOOK_MAX_HEADERS:
+        yield f"{path}.headers: has {len(headers)} headers; the limit is {WEBHOOK_MAX_HEADERS}"
+    for name, text in headers.items():
+        where = f"{path}.headers.{name[:WEBHOOK_MAX_HEADER_NAME]}"
+        if not _WEBHOOK_TOKEN.fullmatch(name) or len(name) > WEBHOOK_MAX_HEADER_NAME:
+            most = WEBHOOK_MAX_HEADER_NAME
+            yield f"{where}: is not a valid header name (1 to {most} token characters)"
+        elif name.lower() in WEBHOOK_RESERVED_HEADERS:
+            yield f"{where}: is set by sendbeat"
+        elif not isinstance(text, str):
+            yield f"{where}: must be text"
+        elif len(text) > WEBHOOK_MAX_HEADER_VALUE or _WEBHOOK_LINE_BREAK.search(text):
+            yield f"{where}: must be at most {WEBHOOK_MAX_HEADER_VALUE:,} characters on one line"
 
 
 def _unless_ref(check: Check, value: object, path: str) -> Iterator[str]:
@@ -699,7 +749,7 @@ class _Template:
         if not isinstance(text, str):  # a $ref, not fetched yet
             return cls(0, {})
         rest, uses = measure(text), dict[str, tuple[int, int]]()
-        for match in _PLACEHOLDER.finditer(text):
+        for match in PLACEHOLDER.finditer(text):
             written = measure(match.group(0))
             count, total = uses.get(match.group(1), (0, 0))
             uses[match.group(1)] = (count + 1, total + written)
@@ -1025,7 +1075,7 @@ def substitute(template: str, variables: Mapping[str, Any]) -> str:
         name = match.group(1)
         return _as_text(variables[name]) if name in variables else match.group(0)
 
-    return _PLACEHOLDER.sub(replace, template)
+    return PLACEHOLDER.sub(replace, template)
 
 
 def _as_text(value: object) -> str:
