@@ -382,9 +382,10 @@ def _deliver(
     resolved = resolve_refs(arguments, settings=settings)
     if not isinstance(resolved, dict):
         raise InvalidMessage("arguments: expected an object")
-    validate_arguments(resolved, limits=settings.message_limits)
     if "recipients" in resolved:  # with a webhook, email is optional
-        _send_email(attempt, transport, settings, resolved)
+        _send_email(attempt, transport, settings, resolved)  # render() validates it all
+    else:
+        validate_arguments(resolved, limits=settings.message_limits)
     webhook = resolved.get("webhook")
     if webhook is not None and WEBHOOK_SENT not in instance.delivered:
         if attempt.sent or not attempt.fresh():
