@@ -239,31 +239,9 @@ class Publisher:
         ids = list(instance_ids)
         if not ids:
             return
-        try:
-            self._link.use(lambda connection: self._publish(connection, ids))
-        except Exception as exc:  # kombu raises transport-specific errors
-            raise DispatchError(f"Dispatcher error: {reason(exc)}") from exc
-
-    def _publish(self, connection: Connection, ids: list[str]) -> None:
-        producer = Producer(
-            connection.default_channel,
-            exchange=self._queue.exchange,
-            routing_key=self._queue.routing_key,
-            serializer="json",
-        )
-        if self._declared_on is not connection:  # per connection, not per publish: round trips
-            self._queue.declare(channel=producer.channel)
-            self._declared_on = connection
         room = self._messages.room
-        for start in range(0, len(ids), room):
-            body, headers = task_message(ids[start : start + room], self._origin)
-            producer.publish(
-                body,
-                headers=headers,
-                correlation_id=headers["id"],
-                delivery_mode=2,
-                retry=False,
-            )
+        self._send([task_message(ids[start : start + room], self._origin)
+                    for start in range(0, len(ids), room)])  # fmt: skip
 
     def publish_alert(
         self, instance_id: str, kind: str, attempt: int = 1, delay: float = 0
@@ -275,22 +253,36 @@ class Publisher:
         if delay:
             eta = datetime.fromtimestamp(time.time() + delay, UTC).isoformat()
         task_id = f"alert-{instance_id}-{kind}-{attempt}"
-        body, headers = task_message([instance_id, kind, str(attempt)], self._origin, task_id,
-                                     task=ALERT_TASK, eta=eta)  # fmt: skip
+        self._send([task_message([instance_id, kind, str(attempt)], self._origin, task_id,
+                                 task=ALERT_TASK, eta=eta)])  # fmt: skip
 
-        def publish(connection: Connection) -> None:
-            producer = Producer(connection.default_channel, exchange=self._queue.exchange,
-                                routing_key=self._queue.routing_key, serializer="json")  # fmt: skip
-            if self._declared_on is not connection:
-                self._queue.declare(channel=producer.channel)
-                self._declared_on = connection
-            producer.publish(body, headers=headers, correlation_id=task_id, delivery_mode=2,
-                             retry=False)  # fmt: skip
-
+    def _send(self, messages: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+        """Publish task messages (body, headers) on the shared connection."""
         try:
-            self._link.use(publish)
+            self._link.use(lambda connection: self._publish(connection, messages))
         except Exception as exc:  # kombu raises transport-specific errors
             raise DispatchError(f"Dispatcher error: {reason(exc)}") from exc
+
+    def _publish(
+        self, connection: Connection, messages: list[tuple[tuple[Any, ...], dict[str, Any]]]
+    ) -> None:
+        producer = Producer(
+            connection.default_channel,
+            exchange=self._queue.exchange,
+            routing_key=self._queue.routing_key,
+            serializer="json",
+        )
+        if self._declared_on is not connection:  # per connection, not per publish: round trips
+            self._queue.declare(channel=producer.channel)
+            self._declared_on = connection
+        for body, headers in messages:
+            producer.publish(
+                body,
+                headers=headers,
+                correlation_id=headers["id"],
+                delivery_mode=2,
+                retry=False,
+            )
 
     def close(self) -> None:
         self._link.close()
