@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from app.core import metrics
 from app.core.errors import DispatchError
 from app.core.publisher import Publisher
-from app.core.records import DueEvent, InstanceStatus, new_id
+from app.core.records import DueEvent, Event, InstanceStatus, new_id
 from app.core.scripts import Claim
 from app.core.store import Store
 from app.core.timing import Run, Timing, timing_of
@@ -47,10 +47,7 @@ def plan_claim(event: DueEvent, now: int, new_id: Callable[[], str] = new_id) ->
     runs: tuple[Run, ...] = (Run(event.scheduled_at, event.scheduled_at),)
     following: Run | None = None
     if event.event_type == "repeatable":
-        key = event.id if event.jitter > 1 else ""  # events without jitter share walks
-        runs, following = occurrences(event.schedule, event.timezone, event.dst, key,
-                                       event.jitter, event.start_at, event.end_at,
-                                       event.scheduled_at, now)  # fmt: skip
+        runs, following = runs_due(event, event.scheduled_at, now)
     latest = runs[-1]
     on_time = now - latest.at <= event.catchup_window
     missed = runs[:-1] if on_time else runs
@@ -66,6 +63,16 @@ def plan_claim(event: DueEvent, now: int, new_id: Callable[[], str] = new_id) ->
         nominal=latest.nominal if on_time and latest.nominal != latest.at else None,
         max_runs=event.max_runs,
     )
+
+
+def runs_due(
+    event: DueEvent | Event, first: int, now: int, keep: int = MAX_MISSED_PER_CLAIM + 1
+) -> tuple[tuple[Run, ...], Run | None]:
+    """``occurrences`` of a repeating event's timing, from its run that fires at
+    ``first``; events without jitter share their walks (the jitter's seed is the id)."""
+    key = event.id if event.jitter > 1 else ""
+    return occurrences(event.schedule, event.timezone, event.dst, key, event.jitter,
+                       event.start_at, event.end_at, first, now, keep)  # fmt: skip
 
 
 @lru_cache(maxsize=4096)
@@ -219,7 +226,7 @@ def _alert_dispatch(
             alerts.append((missed[-1], "missed"))
         if claim.send is not None and statuses.get(claim.send[0]) == InstanceStatus.SKIPPED:
             alerts.append((claim.send[0], "skipped"))
-        if event.alerting:
+        if event.alert_on:  # alerts of its own (each asks for at least one kind)
             alerts = [(iid, kind) for iid, kind in alerts if kind in event.alert_on]
         else:  # the project's default URL, if it has one, hears of some kinds
             alerts = [(iid, kind) for iid, kind in alerts if kind in DEFAULT_ALERT_KINDS]

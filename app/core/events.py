@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from app.core.dispatch import MAX_MISSED_PER_CLAIM, occurrences
+from app.core.dispatch import MAX_MISSED_PER_CLAIM, runs_due
 from app.core.errors import (
     Conflict,
     DispatchError,
@@ -28,7 +28,6 @@ from app.core.keys import Keys
 from app.core.message import DEFAULT_LIMITS, MessageLimits, validate_arguments
 from app.core.publisher import Publisher
 from app.core.records import Event, Instance, InstanceStatus, new_id
-from app.core.schedules import Schedule
 from app.core.scripts import Enqueued
 from app.core.store import Edit, Store
 from app.core.timing import Run, Timing, shortest_gap, timing_of
@@ -91,14 +90,6 @@ def epoch(moment: datetime) -> int:
 
 def past(text: str) -> InvalidSchedule:
     return InvalidSchedule(f"The schedule {text!r} lies in the past.")
-
-
-def next_run(schedule: Schedule, now: datetime) -> int:
-    """The first run strictly after ``now``; a one-time date already past is a 400."""
-    at = schedule.next_after(now)
-    if at is None:
-        raise past(schedule.text)
-    return epoch(at)
 
 
 ONLY_REPEATING = ("jitter", "start_at", "end_at", "max_runs")
@@ -230,9 +221,9 @@ def trigger(
     store: Store, publisher: Publisher, event: Event, *, skip_next: bool = False
 ) -> Instance:
     """Run the event now as an extra, manual occurrence; its regular schedule stays, or
-    with ``skip_next`` its next occurrence is skipped (recorded ``skipped``): the one
-    after it is the next to run. The overlap check and the record are one step: of two
-    racing triggers, one wins."""
+    with ``skip_next`` its next occurrence is passed over (no record of its own: the
+    manual execution stands for it) and the one after it is the next to run. The
+    overlap check and the record are one step: of two racing triggers, one wins."""
     if skip_next and event.status != "activated":
         state = "paused" if event.status == "suspend" else event.status
         raise ValidationError(f"skip_next: the event is {state}: it has no next run to skip.")
@@ -472,11 +463,8 @@ def resume(event: Event, now: datetime, catchup: str, new_id: Callable[[], str])
             first = None if run is None else run.at
         due, following = (), None
         if first is not None and first <= stamp:
-            key = event.id if event.jitter > 1 else ""
             keep = MAX_MISSED_PER_CLAIM + SENT_BY_CATCHUP[catchup]
-            due, following = occurrences(event.schedule, event.timezone, event.dst, key,
-                                         event.jitter, event.start_at, event.end_at, first,
-                                         stamp, keep)  # fmt: skip
+            due, following = runs_due(event, first, stamp, keep)
         elif first is not None:
             following = timing.run(timing.nominal_of(first))
     sent = SENT_BY_CATCHUP[catchup]

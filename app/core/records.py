@@ -229,7 +229,6 @@ class DueEvent:
     end_at: int | None = None
     max_runs: int | None = None
     alert_on: frozenset[str] = frozenset()  # the transitions its own alerts ask for
-    alerting: bool = False  # it has alerts of its own
 
     @classmethod
     def from_row(cls, event_id: str, at: int, row: list[str | None]) -> DueEvent:
@@ -240,8 +239,7 @@ class DueEvent:
                    int(window), uid, project_id, overlap or FIXED_DEFAULTS["overlap"],
                    dst or FIXED_DEFAULTS["dst"], int(jitter or 0), _int_or_none(start_at),
                    _int_or_none(end_at), _int_or_none(max_runs),
-                   frozenset(k for a in json.loads(alerts or "[]") for k in a["on"]),
-                   bool(alerts))  # fmt: skip
+                   frozenset(k for a in json.loads(alerts or "[]") for k in a["on"]))  # fmt: skip
 
 
 DUE_FIELDS = ("schedule", "timezone", "event_type", "catchup_window", "uid", "project_id",
