@@ -139,20 +139,22 @@ MAX_RUNS = 1_000_000_000
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
+def moment(description: str, **extra: Any) -> fields.AwareDateTime:
+    """An ISO 8601 date-time field in 1970-2999 (``extra``: required, a default...)."""
+    return fields.AwareDateTime(
+        default_timezone=UTC,
+        validate=validate.Range(min=EARLIEST, max=LATEST),
+        metadata={"description": description + " ISO 8601; UTC when it names no offset."},
+        **extra,
+    )
+
+
 def timing_fields(*, creating: bool) -> dict[str, fields.Field]:
     """The timing policies' fields: defaults when creating; on update, only what is given
     (``null`` removes a bound or max_runs)."""
 
     def default(value: Any) -> dict[str, Any]:
         return {"load_default": value} if creating else {"allow_none": value is None}
-
-    def when(description: str) -> fields.AwareDateTime:
-        return fields.AwareDateTime(
-            default_timezone=UTC,
-            validate=validate.Range(min=EARLIEST, max=LATEST),
-            metadata={"description": description + " ISO 8601; UTC when it names no offset."},
-            **default(None),
-        )
 
     jitter = ("Seconds: each occurrence fires up to this much after its time, the same "
               "offset on every beat (at most the schedule's shortest interval).")  # fmt: skip
@@ -168,8 +170,8 @@ def timing_fields(*, creating: bool) -> dict[str, fields.Field]:
             metadata={"description": jitter},
             **default(0),
         ),
-        "start_at": when("No occurrence before it."),
-        "end_at": when("No occurrence after it; the event then completes."),
+        "start_at": moment("No occurrence before it.", **default(None)),
+        "end_at": moment("No occurrence after it; the event then completes.", **default(None)),
         "max_runs": fields.Integer(
             strict=True,
             validate=validate.Range(min=1, max=MAX_RUNS),
@@ -391,15 +393,6 @@ class ResumeBody(Schema):
     )  # fmt: skip
 
 
-def _moment(description: str) -> fields.AwareDateTime:
-    return fields.AwareDateTime(
-        required=True,
-        default_timezone=UTC,
-        validate=validate.Range(min=EARLIEST, max=LATEST),
-        metadata={"description": description + " ISO 8601; UTC when it names no offset."},
-    )
-
-
 def _backfill_overlap() -> fields.String:
     return fields.String(
         load_default=None,
@@ -415,14 +408,14 @@ class BackfillRange(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    start = _moment("The range's first moment.")
-    end = _moment("Its last moment (not after now).")
+    start = moment("The range's first moment.", required=True)
+    end = moment("Its last moment (not after now).", required=True)
     overlap = _backfill_overlap()
 
 
 class BackfillBody(UidBody):
-    start = _moment("The range's first moment.")
-    end = _moment("Its last moment (not after now).")
+    start = moment("The range's first moment.", required=True)
+    end = moment("Its last moment (not after now).", required=True)
     overlap = _backfill_overlap()
 
 
