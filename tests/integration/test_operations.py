@@ -132,7 +132,9 @@ def test_worker_and_beat_log_json_lines_and_warn_about_redis(
     web: Web, processes: Processes, smtp: SmtpSink, extra_env: dict[str, str], tmp_path: Path
 ) -> None:
     extra_env["SENDBEAT_LOG_FORMAT"] = "json"
-    event = create(web, "logged", "every 1 hours")
+    # Never due while the test runs (an hourly one fell due at 14:00 in one run: the
+    # trigger then met it in flight, 409).
+    event = create(web, "logged", "2999-01-01")
     processes.worker()
     processes.beat()
     assert web.trigger(event["id"]).status_code == 200
